@@ -1,0 +1,52 @@
+"""interp-tests: activation-patching localization claims as pytest tests.
+
+Importing this package is cheap: torch, transformers and nnsight load on first use of a name below,
+so the pytest plugin costs nothing for test suites that never patch a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "InterpError": "errors",
+    "Adapter": "adapters",
+    "register_adapter": "adapters",
+    "load_model": "models",
+    "PatchableModel": "models",
+    "PromptPairs": "pairs",
+    "patch": "patching",
+    "PatchResult": "results",
+    "evaluate": "evaluation",
+    "Evaluation": "evaluation",
+}
+_SUBMODULES = ("tasks", "errors")
+
+__all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
+
+if TYPE_CHECKING:
+    from . import errors, tasks
+    from .adapters import Adapter, register_adapter
+    from .errors import InterpError
+    from .evaluation import Evaluation, evaluate
+    from .models import PatchableModel, load_model
+    from .pairs import PromptPairs
+    from .patching import patch
+    from .results import PatchResult
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'interp_tests' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

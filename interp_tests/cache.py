@@ -1,0 +1,136 @@
+"""On-disk cache of patching sweeps, safe under concurrent pytest-xdist workers.
+
+A sweep's key hashes everything that determines its numbers (model and dataset fingerprints, sweep
+settings, library version), so re-running an unchanged claim costs no forward pass and any change
+recomputes. Each entry is one file: a JSON header line (format, key, the key's settings, SHA-256 and
+size of the payload) followed by the result's ``.npz`` bytes. Writes go to a temporary file in the same
+directory, are fsynced and renamed over the entry, so a reader sees a whole entry or none; a per-key
+``flock`` makes workers that want the same sweep wait for the one computing it and then read its entry.
+An entry that fails any check is recomputed, never trusted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock; atomic replaces still keep every entry whole.
+    fcntl = None
+
+if TYPE_CHECKING:
+    from .results import PatchResult
+
+ENTRY_FORMAT = 1
+GITIGNORE = "# Created by interp-tests: cached patching sweeps, safe to delete.\n*\n"
+
+
+def canonical(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def sweep_key(settings: Mapping[str, Any]) -> str:
+    """A stable hash of the settings that determine a sweep's numbers."""
+    return hashlib.sha256(canonical(settings).encode()).hexdigest()[:32]
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` all at once: temp file in the same directory, fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+class SweepCache:
+    """Sweep results stored under ``directory``, one entry file per key."""
+
+    def __init__(self, directory: str | os.PathLike) -> None:
+        self.directory = Path(directory)
+        self.sweeps = self.directory / "sweeps"
+
+    def entry_path(self, key: str) -> Path:
+        return self.sweeps / f"{key}.sweep"
+
+    def _prepare(self) -> None:
+        self.sweeps.mkdir(parents=True, exist_ok=True)
+        ignore = self.directory / ".gitignore"
+        if not ignore.exists():
+            atomic_write(ignore, GITIGNORE.encode())
+
+    @contextlib.contextmanager
+    def locked(self, key: str) -> Iterator[None]:
+        """Hold the key's lock: one worker computes a sweep while the others wait for its entry."""
+        self._prepare()
+        with open(self.sweeps / f"{key}.lock", "a+b") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def read(self, key: str, settings: Mapping[str, Any]) -> tuple[PatchResult | None, str | None]:
+        """The cached result, or None and why an existing entry was rejected (None when there is none)."""
+        from .errors import InterpError
+        from .results import PatchResult
+
+        path = self.entry_path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None, None
+        except OSError as error:
+            return None, f"unreadable ({error.strerror})"
+        head, newline, payload = data.partition(b"\n")
+        try:
+            header = json.loads(head)
+        except ValueError:
+            return None, "its header is not JSON"
+        if not newline or not isinstance(header, dict):
+            return None, "it has no header"
+        if header.get("format") != ENTRY_FORMAT:
+            return None, f"it has entry format {header.get('format')!r}, expected {ENTRY_FORMAT}"
+        if header.get("key") != key or canonical(header.get("settings", {})) != canonical(settings):
+            return None, "its settings do not match its key"
+        if header.get("size") != len(payload) or header.get("sha256") != hashlib.sha256(payload).hexdigest():
+            return None, "its checksum does not match (truncated or modified)"
+        try:
+            return PatchResult.load(io.BytesIO(payload)), None
+        except InterpError as error:
+            return None, f"its result is unreadable ({error})"
+
+    def write(self, key: str, settings: Mapping[str, Any], result: PatchResult) -> None:
+        self._prepare()
+        handle, temp = tempfile.mkstemp(dir=self.sweeps, prefix=f".{key}.", suffix=".npz")
+        os.close(handle)
+        try:
+            result.save(temp)
+            payload = Path(temp).read_bytes()
+        finally:
+            os.unlink(temp)
+        header = {
+            "format": ENTRY_FORMAT,
+            "key": key,
+            "settings": json.loads(canonical(settings)),
+            "size": len(payload),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+        }
+        atomic_write(self.entry_path(key), canonical(header).encode() + b"\n" + payload)

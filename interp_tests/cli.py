@@ -1,0 +1,281 @@
+"""The ``interp-tests`` command: sweep a model on a task, and print a YAML claim that reproduces the finding.
+
+Exploring comes before asserting: ``sweep`` shows what a patching sweep finds and writes it down as a
+claim to paste into a claims file; ``evaluate`` checks the model can do the task at all first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .errors import InterpError, SettingsError, did_you_mean
+
+if TYPE_CHECKING:
+    from .models import PatchableModel
+    from .pairs import PromptPairs
+    from .results import PatchResult
+
+PAIR_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml")
+DEFAULT_N = 64
+DEFAULT_TASK_SEED = 0
+CLAIM_MARKER = "# Claim reproducing this sweep; paste it into a claims YAML file:"
+PROGRESS_WIDTH = 30
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A generated task (name, n, seed and variant options) or a user's pairs file, as a claim names it."""
+
+    name: str
+    n: int | None = None
+    seed: int | None = None
+    variant: dict[str, Any] = field(default_factory=dict)
+    path: str | None = None
+
+    def describe(self) -> str:
+        if self.path is not None:
+            return f"pairs file {self.path}"
+        options = ", ".join(f"{k}={v}" for k, v in {"n": self.n, "seed": self.seed, **self.variant}.items())
+        return f"{self.name} ({options})"
+
+    def as_claim(self) -> dict[str, Any]:
+        if self.path is not None:
+            return {"name": "file", "path": self.path}
+        return {"name": self.name, "n": self.n, "seed": self.seed, **self.variant}
+
+    def pairs(self, tokenizer: Any) -> PromptPairs:
+        from .tasks import TASKS, from_file
+
+        if self.path is not None:
+            return from_file(self.path)
+        return TASKS[self.name](self.n, seed=self.seed, tokenizer=tokenizer, **self.variant)
+
+
+def _generator_names() -> list[str]:
+    from .tasks import TASKS, from_file
+
+    return [name for name, make in TASKS.items() if make is not from_file]
+
+
+def _parse_variant(items: Sequence[str]) -> dict[str, Any]:
+    """``["corrupt=S2", "length=10"]`` -> ``{"corrupt": "S2", "length": 10}`` (values read as YAML scalars)."""
+    import yaml
+
+    variant = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SettingsError(f"--variant {item!r}: write KEY=VALUE, e.g. --variant corrupt=S2.")
+        variant[key] = yaml.safe_load(value) if value else ""
+    return variant
+
+
+def task_spec(task: str, n: int | None, seed: int | None, variant_items: Sequence[str]) -> TaskSpec:
+    """Check the task options before any model loads, so a typo fails in a second, not after a minute."""
+    from .tasks import TASKS
+
+    names = _generator_names()
+    variant = _parse_variant(variant_items)
+    if task in names:
+        spec = TaskSpec(task, DEFAULT_N if n is None else n, DEFAULT_TASK_SEED if seed is None else seed, variant)
+        parameters = inspect.signature(TASKS[task]).parameters
+        unknown = sorted(set(variant) - set(parameters) - {"n", "seed", "tokenizer"})
+        if unknown:
+            options = [p for p in parameters if p not in ("n", "seed", "tokenizer")]
+            raise SettingsError(f"Task {task!r} has no option {unknown}; its --variant options are {options}.")
+        return spec
+    if Path(task).suffix in PAIR_FILE_SUFFIXES or Path(task).is_file():
+        if n is not None or seed is not None or variant:
+            raise SettingsError(
+                f"--n, --seed and --variant shape generated tasks; the pairs file {task} is used as it is."
+            )
+        return TaskSpec("file", path=task)
+    raise SettingsError(
+        f"Unknown task {task!r}.{did_you_mean(task, names)} Choose from {names}, or give the path of a pairs "
+        f"file ({', '.join(PAIR_FILE_SUFFIXES)})."
+    )
+
+
+def _positions(value: str) -> str | int:
+    """``"3"`` -> 3 (a token index); names (``all``, ``each``, ``last``, a span) stay strings."""
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+class ProgressBar:
+    """A one-line text bar redrawn in place, ``[######......] 120/600 patched runs``, for ``patch(progress=)``."""
+
+    def __init__(self, stream: IO[str], width: int = PROGRESS_WIDTH) -> None:
+        self.stream = stream
+        self.width = width
+
+    def __call__(self, done: int, total: int) -> None:
+        filled = self.width * done // max(total, 1)
+        self.stream.write(f"\r[{'#' * filled}{'.' * (self.width - filled)}] {done}/{total} patched runs")
+        if done >= total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+# -- the claim ---------------------------------------------------------------------------------------
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else value
+
+
+def _names(labels: list[str], limit: int = 4) -> str:
+    return ", ".join(labels[:limit]) + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
+
+
+def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -> dict[str, Any]:
+    """A claims document whose claims hold for ``result``: positive detections, then negative ones.
+
+    When nothing reaches ``sd``, the claim says so for the strongest three components.
+    """
+    from .corruptions import DEFAULT_NOISE_SCALE
+
+    s = result.settings
+    sweep: dict[str, Any] = {"component": s["component"], "corruption": s["corruption"], "metric": result.metric}
+    defaults = {"positions": "all", "window": 1, "direction": "denoise"}
+    sweep.update({key: s[key] for key, default in defaults.items() if s[key] != default})
+    if s["corruption"] == "gn":
+        sweep.update(noise_scale=s.get("noise_scale", DEFAULT_NOISE_SCALE), seed=s["seed"])
+    what = f"({s['component']}, {s['corruption']}, {result.metric})"
+    threshold = _number(sd)
+    positive, negative = result.detected(sd, "positive"), result.detected(sd, "negative")
+    claims = []
+    if positive:
+        claims.append({"name": f"{_names(positive)} detected {what}", "sweep": sweep,
+                       "expect": {"detected": positive, "sd": threshold}})
+    if negative:
+        claims.append({"name": f"{_names(negative)} detected as negative {what}", "sweep": sweep,
+                       "expect": {"negative": negative, "sd": threshold}})
+    if not claims:
+        strongest = [label for label, _ in result.top(3, sign="both")]
+        claims.append({"name": f"no component stands out {what}", "sweep": sweep,
+                       "expect": {"not_detected": strongest, "sign": "both", "sd": threshold}})
+    return {"model": model, "task": task.as_claim(), "claims": claims}
+
+
+def claim_yaml(document: dict[str, Any]) -> str:
+    import yaml
+
+    return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
+
+
+# -- commands ----------------------------------------------------------------------------------------
+def _load(args: argparse.Namespace) -> tuple[PatchableModel, TaskSpec, PromptPairs]:
+    from .models import load_model
+
+    spec = task_spec(args.task, args.n, args.seed, args.variant)
+    model = load_model(args.model, device=args.device)
+    return model, spec, spec.pairs(model.tokenizer)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+
+    model, spec, pairs = _load(args)
+    print(f"model {args.model}, task {spec.describe()}")
+    print(evaluate(model, pairs, corruption=args.corruption, seed=args.noise_seed, noise_scale=args.noise_scale))
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate
+    from .patching import patch
+    from .reports import heatmap, require_matplotlib, result_json
+
+    if args.heatmap:
+        require_matplotlib()
+    model, spec, pairs = _load(args)
+    print(f"model {args.model}, task {spec.describe()}\n")
+    print("Task performance")
+    print(evaluate(model, pairs, corruption=args.corruption, seed=args.noise_seed, noise_scale=args.noise_scale))
+    show_progress = args.progress or sys.stderr.isatty()
+    result = patch(
+        model, pairs, args.component, args.corruption, args.metric, positions=_positions(args.positions),
+        window=args.window, direction=args.direction, seed=args.noise_seed, noise_scale=args.noise_scale,
+        batch_size=args.batch_size, progress=ProgressBar(sys.stderr) if show_progress else None,
+    )
+    print(f"\nPatching effects ({result.describe_settings()})")
+    print(result.table(args.top))
+    print(f"\nDetected at |z| >= {args.sd:g}")
+    for sign in ("positive", "negative"):
+        print(f"  {sign}: {', '.join(result.detected(args.sd, sign)) or 'none'}")
+    print(f"\n{CLAIM_MARKER}")
+    print(claim_yaml(sweep_claim(args.model, spec, result, sd=args.sd)), end="")
+    if args.heatmap:
+        print(f"\nwrote {heatmap(result, args.heatmap, sd=args.sd)}")
+    if args.json:
+        print(f"wrote {result_json(result, args.json, sd=args.sd, top=args.top)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .components import KINDS
+    from .corruptions import DEFAULT_NOISE_SCALE, NAMES
+    from .metrics import METRICS
+    from .patching import DIRECTIONS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")
+    common.add_argument("--task", required=True,
+                        help=f"a task name ({', '.join(_generator_names())}) or a pairs file (.jsonl, .yaml)")
+    common.add_argument("--n", type=int, help=f"number of prompt pairs to generate (default {DEFAULT_N})")
+    common.add_argument("--seed", type=int, help=f"seed of the task generator (default {DEFAULT_TASK_SEED})")
+    common.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
+                        help="a task option, e.g. corrupt=S2 (repeatable)")
+    common.add_argument("--corruption", choices=NAMES, default="str",
+                        help="symmetric token replacement or Gaussian noise (default str)")
+    common.add_argument("--noise-scale", type=float, default=DEFAULT_NOISE_SCALE,
+                        help=f"Gaussian noise std in embedding stds (default {DEFAULT_NOISE_SCALE:g})")
+    common.add_argument("--noise-seed", type=int, default=0, help="seed of the Gaussian noise (default 0)")
+    common.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+
+    parser = argparse.ArgumentParser(prog="interp-tests", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sweep = commands.add_parser("sweep", parents=[common], help="patch every component and print a claim",
+                                description="Patch every component of one kind, rank them, and print a YAML claim.")
+    sweep.add_argument("--component", choices=KINDS, default="attn_head", help="default attn_head")
+    sweep.add_argument("--metric", choices=METRICS, default="logit_diff", help="default logit_diff")
+    sweep.add_argument("--positions", default="all", help="all (default), each, a token index, last or a span name")
+    sweep.add_argument("--window", type=int, default=1, help="layers restored together (mlp, attn; default 1)")
+    sweep.add_argument("--direction", choices=DIRECTIONS, default="denoise", help="default denoise")
+    sweep.add_argument("--batch-size", type=int, help="patched rows per forward pass (default: sized to memory)")
+    sweep.add_argument("--sd", type=float, default=2.0, help="detection threshold in SDs (default 2)")
+    sweep.add_argument("--top", type=int, default=10, help="rows of the ranked table (default 10)")
+    sweep.add_argument("--heatmap", metavar="PNG", help="write a heatmap (needs matplotlib)")
+    sweep.add_argument("--json", metavar="JSON", help="write effects, z-scores and detections as JSON")
+    sweep.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
+    sweep.set_defaults(run=_sweep)
+    evaluate = commands.add_parser("evaluate", parents=[common], help="print how well the model does the task",
+                                   description="Top-1 accuracy, logit difference and P(answer), clean and corrupted.")
+    evaluate.set_defaults(run=_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (2 for usage and ``InterpError`` failures)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse exits on --help and on usage errors; report the status instead
+        return int(exit_.code or 0)
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except InterpError as error:
+        print(f"interp-tests: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interp-tests: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+"""How well a model does a task, before any patching: a claim about a model that fails the task is void."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input
+from .metrics import AnswerReader
+from .models import PatchableModel
+from .patching import Pairs, eval_mode, run, tokenize
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Task performance on clean prompts and, when they can be built, corrupted ones."""
+
+    n_prompts: int
+    accuracy: float
+    clean_logit_diff: float
+    clean_prob: float
+    corrupted_logit_diff: float | None
+    corrupted_prob: float | None
+
+    def __str__(self) -> str:
+        lines = [
+            f"prompts              {self.n_prompts}",
+            f"top-1 accuracy       {self.accuracy:.3f}",
+            f"clean logit diff     {self.clean_logit_diff:.3f}",
+            f"clean P(answer)      {self.clean_prob:.3f}",
+        ]
+        if self.corrupted_logit_diff is not None:
+            lines.append(f"corrupted logit diff {self.corrupted_logit_diff:.3f}")
+            lines.append(f"corrupted P(answer)  {self.corrupted_prob:.3f}")
+        return "\n".join(lines)
+
+
+def evaluate(
+    model: PatchableModel, pairs: Pairs, *, corruption: Corruption | None = "str", seed: int = 0,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+) -> Evaluation:
+    """Top-1 accuracy (the argmax is in the answer set), mean logit difference and answer probability.
+
+    ``corruption=None`` skips the corrupted run; STR is skipped when the pairs have no corrupted prompts.
+    """
+    tokens = tokenize(model, pairs)
+    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    prompts = list(range(tokens.n))
+    index = torch.arange(tokens.n)
+    with torch.no_grad(), eval_mode(model):
+        clean_logits, _ = run(model, tokens, RunInput(tokens.clean_ids, None), prompts)
+        reader.set_clean(clean_logits)
+        clean = reader.stats(clean_logits, index)
+        corrupted = None
+        if corruption is not None and not (corruption == "str" and tokens.corrupted_ids is None):
+            corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
+            corrupted = reader.stats(run(model, tokens, corrupt_input, prompts)[0], index)
+    top1 = clean_logits.argmax(dim=-1)
+    correct = reader.good[index, top1] > 0
+    return Evaluation(
+        n_prompts=tokens.n,
+        accuracy=float(correct.float().mean()),
+        clean_logit_diff=float(clean.logit_diff.mean()),
+        clean_prob=float(clean.prob.mean()),
+        corrupted_logit_diff=None if corrupted is None else float(corrupted.logit_diff.mean()),
+        corrupted_prob=None if corrupted is None else float(corrupted.prob.mean()),
+    )

@@ -1,0 +1,163 @@
+"""Loading causal LMs and wrapping them in nnsight, with the adapter that locates their components."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .adapters import Adapter, Shape, adapter_for, shape_of
+from .errors import ModelLoadError, WeightsUnavailableError
+
+ORGANISM = "organism"
+
+
+class PatchableModel:
+    """A Hugging Face causal LM under nnsight, plus where its heads, MLPs and residual stream live.
+
+    ``nn`` is the nnsight ``TransformersModel`` that interventions trace through; ``hf`` is the
+    underlying ``transformers`` module and ``tokenizer`` its tokenizer.
+    """
+
+    def __init__(self, hf_model: torch.nn.Module, tokenizer: Any, *, name: str) -> None:
+        from nnsight.modeling.transformers import TransformersModel
+
+        self.hf = hf_model.eval()
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            # Pad ids only fill the right end of shorter prompts, where causal attention never looks.
+            tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
+        self.name = name
+        self.adapter: Adapter = adapter_for(hf_model.config)
+        self.shape: Shape = shape_of(hf_model.config)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.nn = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
+        self._fingerprint: str | None = None
+
+    @property
+    def n_layers(self) -> int:
+        return self.shape.n_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.shape.n_heads
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    def __repr__(self) -> str:
+        s = self.shape
+        return f"PatchableModel({self.name!r}, {self.adapter.name}, {s.n_layers} layers x {s.n_heads} heads, d_model {s.d_model})"
+
+    def envoy(self, path: str, layer: int | None = None) -> Any:
+        """The nnsight envoy at ``path`` (relative to layer ``layer`` when given)."""
+        envoy = self.nn
+        if layer is not None:
+            for part in self.adapter.layers.split("."):
+                envoy = getattr(envoy, part)
+            envoy = envoy[layer]
+        for part in path.split("."):
+            envoy = getattr(envoy, part)
+        return envoy
+
+    def hf_module(self, path: str) -> torch.nn.Module:
+        return self.hf.get_submodule(path)
+
+    def fingerprint(self) -> str:
+        """A hash of the architecture and every weight: a changed model never reuses a cached result."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            digest.update(f"{self.hf.config.model_type}:{type(self.hf).__name__}".encode())
+            for name, tensor in sorted(self.hf.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
+
+def _resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA device. Use device='cpu' or 'auto'.")
+    return device
+
+
+def organism_dir() -> Path:
+    return Path(__file__).resolve().parent / "organism" / "model"
+
+
+def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline and not local)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline and not local)
+    except (OSError, ValueError) as error:
+        if local:
+            raise ModelLoadError(
+                f"Could not load a model from the directory {source}: {error}\n"
+                "It needs config.json, the weights (model.safetensors or pytorch_model.bin) and tokenizer "
+                "files, as written by model.save_pretrained(dir) and tokenizer.save_pretrained(dir)."
+            ) from None
+        raise WeightsUnavailableError(
+            f"The weights of {source!r} are not available on this machine"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ' and the Hugging Face hub could not be reached'}.\n"
+            f"Download them where the hub is reachable (`huggingface-cli download {source}`) and copy the "
+            "cache (HF_HOME) here, or save the model with save_pretrained(dir) and pass load_model(dir)."
+        ) from None
+    return model, tokenizer
+
+
+def load_model(
+    spec: str | os.PathLike | torch.nn.Module,
+    *,
+    tokenizer: Any = None,
+    device: str | torch.device | None = None,
+) -> PatchableModel:
+    """Load a causal LM for patching.
+
+    ``spec`` is ``"organism"`` (the small model shipped with interp-tests), a local directory in HF
+    format, a llama2.c checkpoint (``.bin`` or its folder), a hub id such as
+    ``"openai-community/gpt2"`` (when its weights are cached or the hub is reachable), or an in-memory
+    ``transformers`` model given together with ``tokenizer=``.
+    """
+    target = _resolve_device(device)
+    if isinstance(spec, torch.nn.Module):
+        if tokenizer is None:
+            raise ModelLoadError("An in-memory model needs its tokenizer: load_model(model, tokenizer=tokenizer).")
+        name = getattr(spec.config, "name_or_path", "") or type(spec).__name__
+        return PatchableModel(spec.to(target), tokenizer, name=name)
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelLoadError(
+            f"load_model() takes a name, a path or a transformers model, not {type(spec).__name__}."
+        )
+    name = os.fspath(spec)
+    path = organism_dir() if name == ORGANISM else Path(name).expanduser()
+    if name == ORGANISM and not path.is_dir():
+        raise ModelLoadError(f"The organism's files are missing from {path}; reinstall interp-tests.")
+    if path.exists():
+        from .llama2c import convert_llama2c, is_llama2c_checkpoint
+
+        if is_llama2c_checkpoint(path):
+            model, tok = convert_llama2c(path)
+        elif path.is_dir():
+            model, tok = _load_pretrained(str(path), local=True)
+        else:
+            raise ModelLoadError(
+                f"{path} is a file but not a llama2.c checkpoint. Pass a Hugging Face model directory "
+                "(with config.json), a llama2.c .bin checkpoint, or a hub id."
+            )
+    else:
+        if name.startswith((".", "/", "~")) or os.sep + os.sep in name:
+            raise ModelLoadError(f"No model at {path}: the path does not exist.")
+        model, tok = _load_pretrained(name, local=False)
+    return PatchableModel(model.to(target), tokenizer or tok, name=name)

@@ -1,0 +1,373 @@
+"""The activation-patching engine: clean run, corrupted run, and batched patched runs through nnsight.
+
+Each patched forward pass carries many rows; a row is one prompt with one component's activation
+restored from the source run's cache. Activations are overwritten in forward order (nnsight requires
+it), and only each prompt's last-token logits leave the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import torch
+
+from .components import SITE_OF_KIND, SITE_ORDER, ComponentGrid, Site, make_grid
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
+from .errors import PromptError, SettingsError
+from .metrics import AnswerReader, RunStats, check_metric, raw_effects
+from .models import PatchableModel
+from .pairs import PromptPairs, TokenizedPairs
+from .results import PatchResult
+
+DIRECTIONS = ("denoise", "noise")
+Pairs = Union[PromptPairs, TokenizedPairs]
+# Activation memory one patched forward pass may use when the caller does not size batches.
+DEFAULT_BATCH_BYTES = 512 * 2**20
+
+
+@contextlib.contextmanager
+def eval_mode(model: PatchableModel) -> Iterator[None]:
+    """Dropout would make every patching effect random: always run in eval mode, then restore."""
+    was_training = model.hf.training
+    model.hf.eval()
+    try:
+        yield
+    finally:
+        model.hf.train(was_training)
+
+
+def tokenize(model: PatchableModel, pairs: Pairs) -> TokenizedPairs:
+    tokens = pairs if isinstance(pairs, TokenizedPairs) else pairs.tokenize(model.tokenizer)
+    n_ctx = model.shape.n_ctx
+    if n_ctx is not None and tokens.seq_len > n_ctx:
+        longest = int(tokens.lengths.argmax())
+        raise PromptError(
+            f"Prompt {longest} is {tokens.seq_len} tokens long, more than the model's context of {n_ctx}. "
+            "Shorten the prompts."
+        )
+    return tokens
+
+
+def _site_activation(model: PatchableModel, site: str, layer: int) -> Any:
+    """The live activation of ``site`` at ``layer`` inside a trace; writes to it patch the run."""
+    adapter = model.adapter
+    if site == "resid":
+        return model.envoy(adapter.layers)[layer].input
+    if site == "out":
+        return model.envoy(adapter.layers)[layer].output
+    if site == "head":
+        return model.envoy(adapter.head_out, layer).input
+    if site == "attn":
+        return model.envoy(adapter.attn, layer).output[0]
+    return model.envoy(adapter.mlp, layer).output
+
+
+def _rows(value: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` of a tensor, or of every tensor in a tuple (some layers return tuples)."""
+    if isinstance(value, tuple):
+        return tuple(_rows(v, index) for v in value)
+    return value[index] if isinstance(value, torch.Tensor) else value
+
+
+def _detached_copy(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_detached_copy(v) for v in value)
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Positions ``[0, length)`` are the same in every run of a sweep, so their keys and values are
+    computed once: causal attention means nothing later can change them, and patching them is a no-op."""
+
+    length: int
+    past: Any  # the model's past_key_values over the prefix, one row per prompt; None when length == 0
+
+    def past_for(self, index: torch.Tensor) -> Any:
+        if self.past is None:
+            return None
+        past = copy.deepcopy(self.past)
+        past.batch_select_indices(index.to(self.past.layers[0].keys.device))
+        return past
+
+
+NO_PREFIX = SharedPrefix(0, None)
+
+
+class _PatchOp:
+    """Overwrite ``rows`` of an activation with the source cache's ``sources`` rows, at a position and slice."""
+
+    def __init__(self, rows: list[int], sources: list[int], position: torch.Tensor | None, features: slice) -> None:
+        self.rows = torch.tensor(rows)
+        self.sources = torch.tensor(sources)
+        self.position = position
+        self.features = features
+
+    def apply(self, activation: torch.Tensor, source: torch.Tensor) -> None:
+        if self.position is None:
+            activation[self.rows, :, self.features] = source[self.sources, :, self.features]
+        else:
+            activation[self.rows, self.position, self.features] = source[self.sources, self.position, self.features]
+
+
+def _plan(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    row_sites: Sequence[Sequence[Site]],
+    row_prompts: Sequence[int],
+    prefix: SharedPrefix,
+) -> dict[tuple[int, str], list[_PatchOp]]:
+    """Group the rows' patches by (layer, site) and by identical slice, so each group is one tensor write.
+
+    Positions count from the end of the shared prefix; a patch inside the prefix changes nothing and
+    is dropped.
+    """
+    groups: dict[tuple[int, str, int | None, Any], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for row, (sites, prompt) in enumerate(zip(row_sites, row_prompts)):
+        for s in sites:
+            rows, sources = groups[(s.layer, s.site, s.head, s.position)]
+            rows.append(row)
+            sources.append(prompt)
+    d_head = model.shape.d_head
+    plan: dict[tuple[int, str], list[_PatchOp]] = defaultdict(list)
+    for (layer, site, head, position), (rows, sources) in groups.items():
+        features = slice(None) if head is None else slice(head * d_head, (head + 1) * d_head)
+        if position is None:
+            plan[(layer, site)].append(_PatchOp(rows, sources, None, features))
+            continue
+        absolute = torch.full((len(rows),), position) if isinstance(position, int) else tokens.position(position)[sources]
+        keep = absolute >= prefix.length
+        if keep.any():
+            kept_rows = [r for r, k in zip(rows, keep.tolist()) if k]
+            kept_sources = [s for s, k in zip(sources, keep.tolist()) if k]
+            plan[(layer, site)].append(_PatchOp(kept_rows, kept_sources, absolute[keep] - prefix.length, features))
+    return plan
+
+
+def run(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    run_input: RunInput,
+    prompts: Sequence[int],
+    *,
+    cache_sites: Sequence[str] = (),
+    row_sites: Sequence[Sequence[Site]] | None = None,
+    cache: dict[tuple[int, str], Any] | None = None,
+    prefix: SharedPrefix = NO_PREFIX,
+    resume_at: int = 0,
+) -> tuple[torch.Tensor, dict[tuple[int, str], Any]]:
+    """One forward pass over ``prompts`` (rows may repeat a prompt) from the end of ``prefix``.
+
+    Returns the last-token logits ``[rows, vocab]`` and, for ``cache_sites``, every layer's activation
+    at the positions after the prefix. ``row_sites[r]`` lists the sites row ``r`` takes from ``cache``
+    (whose rows are prompts). With ``resume_at=L`` layers below L are not computed: their output is
+    taken from ``cache[(L - 1, "out")]``, the unpatched target run's.
+    """
+    index = torch.as_tensor(list(prompts))
+    device = model.device
+    start = prefix.length
+    ids = run_input.ids[index, start:].to(device)
+    mask = tokens.attention_mask[index].to(device)
+    last = tokens.lengths[index] - 1 - start
+    read_at, row_read = torch.unique(last, return_inverse=True)
+    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
+    plan = _plan(model, tokens, row_sites, prompts, prefix) if row_sites is not None else {}
+    resumed = _rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
+    inputs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": read_at.to(device)}
+    if prefix.past is not None:
+        inputs["past_key_values"] = prefix.past_for(index)
+    saved: dict[tuple[int, str], Any] = {}
+    with model.nn.trace(inputs):
+        if delta is not None and resume_at == 0:
+            embeddings = model.envoy(model.adapter.embed).output
+            embeddings += delta.to(embeddings.dtype)
+        layers = model.envoy(model.adapter.layers)
+        for layer in range(resume_at):
+            layers[layer].skip(resumed)
+        for layer in range(resume_at, model.n_layers):
+            for site in SITE_ORDER:
+                ops = plan.get((layer, site), ())
+                if site not in cache_sites and not ops:
+                    continue
+                activation = _site_activation(model, site, layer)
+                if site in cache_sites:
+                    saved[(layer, site)] = _detached_copy(activation).save()
+                for op in ops:
+                    op.apply(activation, cache[(layer, site)])
+        logits = model.envoy(model.adapter.unembed).output
+        final = logits[torch.arange(len(index), device=device), row_read.to(device)].save()
+    return final.float().cpu(), saved
+
+
+def shared_prefix(model: PatchableModel, tokens: TokenizedPairs, *runs: RunInput) -> SharedPrefix:
+    """The longest prefix on which all ``runs`` agree for every prompt, with its keys and values.
+
+    It always ends before each prompt's last token, which every run must compute.
+    """
+    differs = torch.zeros_like(tokens.clean_ids, dtype=torch.bool)
+    for run_input in runs:
+        differs |= run_input.ids != runs[0].ids
+        if run_input.embed_delta is not None:
+            differs |= run_input.embed_delta.abs().amax(dim=-1) > 0
+    differs &= tokens.attention_mask.bool()
+    first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), tokens.lengths)
+    length = int(min(first.min(), tokens.lengths.min() - 1))
+    if length == 0:
+        return NO_PREFIX
+    ids = runs[0].ids[:, :length].to(model.device)
+    past = model.hf(input_ids=ids, use_cache=True).past_key_values
+    return SharedPrefix(length, past)
+
+
+def _rows_per_pass(model: PatchableModel, positions: int, seq_len: int, batch_size: int | None) -> int:
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise SettingsError(f"batch_size={batch_size!r} must be a positive integer (rows per forward pass).")
+        return batch_size
+    s = model.shape
+    vocab = model.hf.config.vocab_size
+    bytes_per_row = 4 * (positions * (16 * s.d_model + 3 * s.n_heads * seq_len) + 4 * vocab)
+    return max(1, DEFAULT_BATCH_BYTES // bytes_per_row)
+
+
+def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}: choose from {list(choices)}.")
+
+
+def patch(
+    model: PatchableModel,
+    pairs: Pairs,
+    component: str = "attn_head",
+    corruption: Corruption = "str",
+    metric: str = "logit_diff",
+    *,
+    positions: str | int = "all",
+    window: int = 1,
+    direction: str = "denoise",
+    seed: int = 0,
+    noise_scale: float = DEFAULT_NOISE_SCALE,
+    batch_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PatchResult:
+    """Patch every component of one kind and measure how much behaviour each restores.
+
+    ``component`` is ``"attn_head"``, ``"attn"``, ``"mlp"`` or ``"resid"`` (the residual stream before a
+    layer). ``positions`` is ``"all"`` (all positions at once), ``"each"`` (one position at a time), a
+    token index, or a named position (``"last"`` or a span name of the pairs). ``direction="denoise"``
+    restores clean activations into the corrupted run (the paper's default); ``"noise"`` writes
+    corrupted activations into the clean run. ``window=k`` restores ``k`` adjacent layers together
+    (sliding-window patching). All three metrics come from the same runs: ``result.with_metric(...)``.
+    ``progress(done, total)`` is called after each batched forward pass, counting patched runs.
+    """
+    check_metric(metric)
+    _check_choice("direction", direction, DIRECTIONS)
+    tokens = tokenize(model, pairs)
+    grid = make_grid(
+        component, positions, n_layers=model.n_layers, n_heads=model.n_heads, seq_len=tokens.seq_len, window=window
+    )
+    if isinstance(positions, str) and positions not in ("all", "each"):
+        tokens.position(positions)
+    clean_input = RunInput(tokens.clean_ids, None)
+    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
+    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
+    site = SITE_OF_KIND[component]
+    all_prompts = list(range(tokens.n))
+    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    with torch.no_grad(), eval_mode(model):
+        prefix = shared_prefix(model, tokens, source, target)
+        source_logits, cache = run(model, tokens, source, all_prompts, cache_sites=(site,), prefix=prefix)
+        target_logits, target_cache = run(model, tokens, target, all_prompts, cache_sites=("out",), prefix=prefix)
+        cache.update(target_cache)
+        clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
+        reader.set_clean(clean_logits)
+        index = torch.arange(tokens.n)
+        clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
+        rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+        patched = _patched_stats(model, tokens, grid, target, cache, prefix, reader, corrupt_stats, rows_per_pass, progress)
+    effects = {
+        name: value.T.reshape(tokens.n, *grid.shape).numpy() for name, value in raw_effects(patched, corrupt_stats).items()
+    }
+    settings = {
+        "model": model.name,
+        "model_fingerprint": model.fingerprint(),
+        "dataset": tokens.fingerprint(),
+        "n_prompts": tokens.n,
+        "component": component,
+        "positions": positions,
+        "corruption": corruption_name(corruption),
+        "direction": direction,
+        "window": window,
+        "seed": seed,
+        "method": "exact",
+        "clean": _summary(clean_stats),
+        "corrupted": _summary(corrupt_stats),
+    }
+    if corruption == "gn":
+        settings["noise_scale"] = noise_scale
+    from . import __version__
+
+    settings["version"] = __version__
+    return PatchResult(
+        metric=metric,
+        effects=effects,
+        ld_clean=clean_stats.logit_diff.numpy(),
+        ld_corrupted=corrupt_stats.logit_diff.numpy(),
+        grid=grid,
+        settings=settings,
+    )
+
+
+def _summary(stats: RunStats) -> dict[str, float]:
+    return {name: float(getattr(stats, name).mean()) for name in ("prob", "logit_diff", "kl")}
+
+
+def _patched_stats(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    grid: ComponentGrid,
+    target: RunInput,
+    cache: dict[tuple[int, str], Any],
+    prefix: SharedPrefix,
+    reader: AnswerReader,
+    unpatched: RunStats,
+    rows_per_pass: int,
+    progress: Callable[[int, int], None] | None,
+) -> RunStats:
+    """Stats of every (component, prompt) patched run, as fields shaped [components, prompts].
+
+    Runs are grouped by the first layer they patch and resume there from the target run's cache; a
+    component that lies wholly inside the shared prefix changes nothing and keeps the unpatched stats.
+    """
+    cells = grid.cells()
+    sites = [grid.sites(cell) for cell in cells]
+    fields = ("prob", "logit_diff", "kl")
+    out = {f: getattr(unpatched, f).repeat(len(cells), 1) for f in fields}
+    inert = [all(isinstance(s.position, int) and s.position < prefix.length for s in cell) for cell in sites]
+    by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for c, cell_sites in enumerate(sites):
+        if not inert[c]:
+            by_layer[min(s.layer for s in cell_sites)].extend((c, p) for p in range(tokens.n))
+    total = sum(len(rows) for rows in by_layer.values())
+    done = 0
+    for layer, rows in sorted(by_layer.items()):
+        for begin in range(0, len(rows), rows_per_pass):
+            chunk = rows[begin : begin + rows_per_pass]
+            prompts = [p for _, p in chunk]
+            logits, _ = run(
+                model, tokens, target, prompts, row_sites=[sites[c] for c, _ in chunk], cache=cache,
+                prefix=prefix, resume_at=layer,
+            )
+            stats = reader.stats(logits, torch.tensor(prompts))
+            cell_index, prompt_index = torch.tensor([c for c, _ in chunk]), torch.tensor(prompts)
+            for f in fields:
+                out[f][cell_index, prompt_index] = getattr(stats, f)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return RunStats(**out)

@@ -1,0 +1,217 @@
+"""Patching results: effects per prompt and component, the paper's detection rule, save and load.
+
+A result stores un-normalised effects (linear in the patched run) for all three metrics, so switching
+metric, summing over sliding windows or resampling prompts never needs the model again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .claims import Claims
+from .components import ComponentGrid, make_grid
+from .errors import ResultFileError, SettingsError
+from .metrics import MIN_LOGIT_DIFF_GAP, check_denominator, check_metric
+
+SIGNS = ("positive", "negative", "both")
+FORMAT_VERSION = 1
+
+
+def _check_sign(sign: str) -> str:
+    if sign not in SIGNS:
+        raise SettingsError(f"sign={sign!r}: use 'positive', 'negative' or 'both'.")
+    return sign
+
+
+class PatchResult(Claims):
+    """Effects of patching each component, under one metric (``.metric``), for every prompt.
+
+    ``per_prompt`` is ``[n_prompts, *grid]``; ``mean`` is ``grid``-shaped, e.g. ``[n_layers, n_heads]``.
+    For the normalised logit difference, ``mean`` normalises the batch means (as Wang et al. 2023 and the
+    TransformerLens demos do) while ``per_prompt`` normalises each prompt by its own denominator; prompts
+    whose own denominator is ~0 are NaN there and listed in ``degenerate_prompts``.
+    """
+
+    def __init__(
+        self,
+        *,
+        metric: str,
+        effects: dict[str, np.ndarray],
+        ld_clean: np.ndarray,
+        ld_corrupted: np.ndarray,
+        grid: ComponentGrid,
+        settings: dict[str, Any],
+    ) -> None:
+        self.metric = check_metric(metric)
+        self.effects = {k: np.asarray(v, dtype=np.float64) for k, v in effects.items()}
+        self.ld_clean = np.asarray(ld_clean, dtype=np.float64)
+        self.ld_corrupted = np.asarray(ld_corrupted, dtype=np.float64)
+        self.grid = grid
+        self.settings = dict(settings, metric=metric)
+        if metric == "logit_diff":
+            check_denominator(self.ld_clean.mean() - self.ld_corrupted.mean(), "batch means")
+
+    # -- views -----------------------------------------------------------------------------------
+    def with_metric(self, metric: str) -> PatchResult:
+        """The same sweep read under another metric (no model runs: all metrics come from the same runs)."""
+        return PatchResult(
+            metric=metric, effects=self.effects, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted,
+            grid=self.grid, settings=self.settings,
+        )
+
+    @property
+    def n_prompts(self) -> int:
+        return self.ld_clean.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.grid.shape
+
+    @property
+    def labels(self) -> list[str]:
+        """Component labels in the flattened order of ``mean``."""
+        return self.grid.labels
+
+    @property
+    def is_estimate(self) -> bool:
+        return self.settings.get("method", "exact") != "exact"
+
+    def _expand(self, per_prompt: np.ndarray) -> np.ndarray:
+        return per_prompt.reshape(per_prompt.shape + (1,) * len(self.shape))
+
+    @property
+    def denominators(self) -> np.ndarray:
+        """Per-prompt ``LD_clean - LD_corrupted``: the normalisers of the logit difference."""
+        return self.ld_clean - self.ld_corrupted
+
+    @property
+    def degenerate_prompts(self) -> list[int]:
+        """Prompts whose own logit-difference gap is ~0, NaN in the normalised ``per_prompt``."""
+        return [int(i) for i in np.flatnonzero(~(np.abs(self.denominators) > MIN_LOGIT_DIFF_GAP))]
+
+    @property
+    def per_prompt(self) -> np.ndarray:
+        raw = self.effects[self.metric]
+        if self.metric != "logit_diff":
+            return raw
+        den = self.denominators.copy()
+        den[self.degenerate_prompts] = np.nan
+        return raw / self._expand(den)
+
+    @property
+    def mean(self) -> np.ndarray:
+        raw = self.effects[self.metric]
+        if self.metric != "logit_diff":
+            return raw.mean(axis=0)
+        return raw.mean(axis=0) / (self.ld_clean.mean() - self.ld_corrupted.mean())
+
+    # -- detection -------------------------------------------------------------------------------
+    @property
+    def zscores(self) -> np.ndarray:
+        """(effect - mean over components) / SD over components (population SD), grid-shaped."""
+        mean = self.mean
+        sd = mean.std()
+        if not sd > 0:
+            return np.zeros_like(mean)
+        return (mean - mean.mean()) / sd
+
+    def _flat_index(self, label: str) -> int:
+        return int(np.ravel_multi_index(self.grid.index(label), self.shape))
+
+    def __getitem__(self, label: str) -> float:
+        """Mean effect of one component, e.g. ``result["9.9"]``."""
+        return float(self.mean.reshape(-1)[self._flat_index(label)])
+
+    def zscore(self, label: str) -> float:
+        return float(self.zscores.reshape(-1)[self._flat_index(label)])
+
+    def rank(self, label: str) -> int:
+        """1 for the component with the largest mean effect."""
+        flat = self.mean.reshape(-1)
+        return int((flat > flat[self._flat_index(label)]).sum()) + 1
+
+    def detected(self, sd: float = 2.0, sign: str = "positive") -> list[str]:
+        """Components at least ``sd`` SDs from the mean effect over components (the paper's rule).
+
+        Ordered from the strongest; ``sign`` selects effects above (positive), below (negative) or
+        either side of the mean.
+        """
+        _check_sign(sign)
+        z = self.zscores.reshape(-1)
+        score = {"positive": z, "negative": -z, "both": np.abs(z)}[sign]
+        order = np.argsort(-score, kind="stable")
+        labels = self.labels
+        return [labels[i] for i in order if score[i] >= sd]
+
+    def top(self, k: int = 10, sign: str = "positive") -> list[tuple[str, float]]:
+        """The ``k`` components with the largest (or most negative, or largest absolute) mean effects."""
+        _check_sign(sign)
+        flat = self.mean.reshape(-1)
+        score = {"positive": flat, "negative": -flat, "both": np.abs(flat)}[sign]
+        order = np.argsort(-score, kind="stable")[:k]
+        labels = self.labels
+        return [(labels[i], float(flat[i])) for i in order]
+
+    # -- sliding windows -------------------------------------------------------------------------
+    def window_sum(self, window: int) -> PatchResult:
+        """Single-layer effects summed over the windows a sliding-window sweep restores jointly.
+
+        Zhang & Nanda (2024, section 5) compare this with the joint (sliding-window) effect.
+        """
+        if self.grid.window != 1 or self.grid.kind not in ("mlp", "attn"):
+            raise SettingsError("window_sum() needs a single-layer (window=1) sweep of 'mlp' or 'attn' components.")
+        g = self.grid
+        grid = make_grid(g.kind, g.positions, n_layers=g.n_layers, n_heads=g.n_heads, seq_len=g.seq_len, window=window)
+        summed = {
+            name: np.stack([raw[:, grid.window_layers(layer)].sum(axis=1) for layer in range(grid.n_layers)], axis=1)
+            for name, raw in self.effects.items()
+        }
+        return PatchResult(
+            metric=self.metric, effects=summed, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted,
+            grid=grid, settings=dict(self.settings, window=window, window_sum=True),
+        )
+
+    # -- display ---------------------------------------------------------------------------------
+    def describe_settings(self) -> str:
+        keys = ("model", "component", "positions", "corruption", "metric", "direction", "window", "n_prompts", "seed")
+        return ", ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
+
+    def table(self, k: int = 10) -> str:
+        """A ranked text table of the top components with effects and z-scores."""
+        z = self.zscores.reshape(-1)
+        rows = [f"{'rank':>4}  {'component':<12}{'effect':>10}{'z':>8}"]
+        for rank, (label, value) in enumerate(self.top(k), start=1):
+            rows.append(f"{rank:>4}  {label:<12}{value:>10.4f}{z[self._flat_index(label)]:>8.2f}")
+        return "\n".join(rows)
+
+    def __repr__(self) -> str:
+        return f"PatchResult({self.describe_settings()}, shape={self.shape})"
+
+    # -- persistence -----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> None:
+        """Save losslessly as ``.npz`` (arrays plus JSON metadata: settings, grid, format version)."""
+        meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "grid": asdict(self.grid), "settings": self.settings}
+        arrays = {f"effects_{k}": v for k, v in self.effects.items()}
+        with open(path, "wb") as handle:
+            np.savez(handle, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted, meta=np.array(json.dumps(meta)), **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> PatchResult:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                effects = {k[len("effects_"):]: data[k] for k in data.files if k.startswith("effects_")}
+                ld_clean, ld_corrupted = data["ld_clean"], data["ld_corrupted"]
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+            raise ResultFileError(f"{path} is not a readable PatchResult file ({error}). Recompute it.") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ResultFileError(f"{path} has result format {meta.get('format_version')}, expected {FORMAT_VERSION}. Recompute it.")
+        return cls(
+            metric=meta["metric"], effects=effects, ld_clean=ld_clean, ld_corrupted=ld_corrupted,
+            grid=ComponentGrid(**meta["grid"]), settings=meta["settings"],
+        )
