@@ -48,6 +48,7 @@ CASES = (
     ("attn_head", "all", "prob", "denoise"),
     ("attn_head", "all", "kl", "denoise"),
     ("attn_head", "all", "logit_diff", "noise"),
+    ("resid", "each", "logit_diff", "noise"),
 )
 
 
@@ -59,9 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=3000)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 keeps timings steadier on a shared machine)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1 keeps timings steadier on a shared machine)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars on stderr
 
     hf, tokenizer = tiny_gpt2(args.layers, args.heads, args.d_model, vocab_size=args.vocab, seed=args.seed)
     pairs = orient_answers(hf, tokenizer, ioi_pairs(args.prompts, seed=args.seed))
@@ -88,7 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     gap = None
     for component, positions, metric, direction in CASES:
         start = time.perf_counter()
-        result = patch(model, pairs, component, corruption="str", metric=metric, positions=positions, direction=direction)
+        result = patch(
+            model, pairs, component, corruption="str", metric=metric, positions=positions, direction=direction
+        )
         ours_s = time.perf_counter() - start
         start = time.perf_counter()
         reference = transformer_lens_effects(bridge, tokens, component, positions, metric, direction)
@@ -99,13 +107,17 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((kind, "x".join(map(str, reference.shape)), diff, float(np.abs(reference).max()), ours_s, tl_s))
 
     print(f"mean LD_clean - mean LD_corrupted = {gap:.4f}")
-    header = f"{'component kind':<28}{'grid':>10}{'max_abs_diff':>14}{'max|effect|':>13}{'interp-tests s':>16}{'TL s':>9}"
+    header = (
+        f"{'component kind':<32}{'grid':>8}{'max_abs_diff':>14}{'max|effect|':>13}{'relative':>10}"
+        f"{'interp-tests s':>16}{'TL s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for kind, grid, diff, scale, ours_s, tl_s in rows:
-        print(f"{kind:<28}{grid:>10}{diff:>14.3g}{scale:>13.4g}{ours_s:>16.2f}{tl_s:>9.2f}")
+        relative = diff / scale if scale > 0 else float("nan")
+        print(f"{kind:<32}{grid:>8}{diff:>14.3g}{scale:>13.4g}{relative:>10.2g}{ours_s:>16.2f}{tl_s:>8.2f}")
     total_ours, total_tl = sum(r[4] for r in rows), sum(r[5] for r in rows)
-    print(f"{'total':<28}{'':>10}{'':>14}{'':>13}{total_ours:>16.2f}{total_tl:>9.2f}")
+    print(f"{'total':<32}{'':>8}{'':>14}{'':>13}{'':>10}{total_ours:>16.2f}{total_tl:>8.2f}")
     max_diff = max(r[2] for r in rows)
     failed = not max_diff <= TOLERANCE or not gap > 0.1 or not logits_rel <= TOLERANCE or bridge.compatibility_mode
     if not gap > 0.1:

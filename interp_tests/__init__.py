@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "InterpError": "errors",
+    "InterpWarning": "errors",
     "Adapter": "adapters",
     "register_adapter": "adapters",
     "load_model": "models",
@@ -22,20 +23,25 @@ _LAZY = {
     "PatchResult": "results",
     "evaluate": "evaluation",
     "Evaluation": "evaluation",
+    "ClaimError": "claims",
+    "grid": "robustness",
+    "Grid": "robustness",
 }
-_SUBMODULES = ("tasks", "errors")
+_SUBMODULES = ("tasks", "errors", "stats", "robustness", "strategies", "reports")
 
 __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 
 if TYPE_CHECKING:
-    from . import errors, tasks
+    from . import errors, reports, robustness, stats, strategies, tasks
     from .adapters import Adapter, register_adapter
-    from .errors import InterpError
+    from .claims import ClaimError
+    from .errors import InterpError, InterpWarning
     from .evaluation import Evaluation, evaluate
     from .models import PatchableModel, load_model
     from .pairs import PromptPairs
     from .patching import patch
     from .results import PatchResult
+    from .robustness import Grid, grid
 
 
 def __getattr__(name: str) -> Any:

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .cache import atomic_write
 from .claims import ClaimError, record_claim
 from .errors import SettingsError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .results import PatchResult
@@ -28,6 +28,8 @@ BASELINE_DIR = "__baselines__"
 DECIMALS = 6
 # Settings that say what the numbers mean: effects recorded under other values cannot be compared.
 IDENTITY = ("component", "positions", "corruption", "metric", "direction", "window", "noise_scale")
+# Settings that depend on the machine, not the numbers: kept out of baselines so they do not churn in review.
+MACHINE_ONLY = ("rows_per_pass",)
 UPDATE_HINT = "run pytest with --interp-update-baselines"
 SHOWN_MOVES = 20
 _USED = pytest.StashKey[set]()
@@ -54,7 +56,8 @@ def _rounded(value: Any) -> Any:
 def snapshot(result: PatchResult) -> dict[str, Any]:
     """Settings and ``{label: mean effect}`` in grid order; NaN effects are written as null."""
     effects = {label: _rounded(float(value)) for label, value in zip(result.labels, result.mean.reshape(-1))}
-    return {"settings": _rounded(json.loads(json.dumps(result.settings, default=str))), "effects": effects}
+    settings = {key: value for key, value in result.settings.items() if key not in MACHINE_ONLY}
+    return {"settings": _rounded(json.loads(json.dumps(settings, default=str))), "effects": effects}
 
 
 def render(snap: dict[str, Any]) -> str:
@@ -71,7 +74,8 @@ def _load(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(stored, dict) or not isinstance(stored.get("effects"), dict):
         raise ClaimError(
-            f"The baseline {path} has no `effects` mapping; it was not written by interp-tests. Delete it and {UPDATE_HINT}.",
+            f"The baseline {path} has no `effects` mapping; it was not written by interp-tests. "
+            f"Delete it and {UPDATE_HINT}.",
             claim="baseline",
         )
     return stored
@@ -93,6 +97,7 @@ def check_baseline(result: PatchResult, path: Path, *, atol: float = 0.01, updat
     Returns ``"matched"``, ``"written"`` or ``"unchanged"``; raises ``ClaimError`` on a missing baseline,
     a different sweep, or effects that moved by more than ``atol``.
     """
+    __tracebackhide__ = True  # pytest shows the failure at the claim, not in here
     if isinstance(atol, bool) or not isinstance(atol, (int, float)) or not atol >= 0:
         raise SettingsError(f"atol={atol!r} must be a number >= 0 (the largest allowed change of an effect).")
     current = snapshot(result)
@@ -100,12 +105,14 @@ def check_baseline(result: PatchResult, path: Path, *, atol: float = 0.01, updat
     if update:
         status = "unchanged" if path.is_file() and path.read_text(encoding="utf-8") == text else "written"
         if status == "written":
-            atomic_write(path, text.encode())
+            atomic_write(path, text)
         record_claim("baseline", status, True)
         return status
     if not path.is_file():
         record_claim("baseline", "missing", False)
-        raise ClaimError(f"No baseline at {path}. To create it, {UPDATE_HINT}, then review and commit the file.", claim="baseline")
+        raise ClaimError(
+            f"No baseline at {path}. To create it, {UPDATE_HINT}, then review and commit the file.", claim="baseline"
+        )
     stored = _load(path)
     old_settings, new_settings = stored.get("settings") or {}, current["settings"]
     identity = _differences(old_settings, new_settings, IDENTITY)
@@ -168,6 +175,7 @@ def check_for_request(
 
     ``update`` defaults to ``--interp-update-baselines``. A test that checks several baselines must name them.
     """
+    __tracebackhide__ = True
     from .fixtures import session_of
 
     path = baseline_path(Path(request.node.path), name or request.node.name)
@@ -180,5 +188,4 @@ def check_for_request(
     used.add(path)
     if update is None:
         update = session_of(request.config).options.update_baselines
-    status = check_baseline(result, path, atol=atol, update=update)
-    return status
+    return check_baseline(result, path, atol=atol, update=update)

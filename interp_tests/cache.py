@@ -3,9 +3,9 @@
 A sweep's key hashes everything that determines its numbers (model and dataset fingerprints, sweep
 settings, library version), so re-running an unchanged claim costs no forward pass and any change
 recomputes. Each entry is one file: a JSON header line (format, key, the key's settings, SHA-256 and
-size of the payload) followed by the result's ``.npz`` bytes. Writes go to a temporary file in the same
-directory, are fsynced and renamed over the entry, so a reader sees a whole entry or none; a per-key
-``flock`` makes workers that want the same sweep wait for the one computing it and then read its entry.
+size of the payload) followed by the result's ``.npz`` bytes. Entries are written with
+``files.atomic_write``, so a reader sees a whole entry or none; a per-key ``flock`` makes workers that
+want the same sweep wait for the one computing it and then read its entry.
 An entry that fails any check is recomputed, never trusted.
 """
 
@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +24,8 @@ try:
     import fcntl
 except ImportError:  # Windows has no flock; atomic replaces still keep every entry whole.
     fcntl = None
+
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from .results import PatchResult
@@ -42,22 +43,6 @@ def sweep_key(settings: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical(settings).encode()).hexdigest()[:32]
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` all at once: temp file in the same directory, fsync, rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-
-
 class SweepCache:
     """Sweep results stored under ``directory``, one entry file per key."""
 
@@ -72,7 +57,7 @@ class SweepCache:
         self.sweeps.mkdir(parents=True, exist_ok=True)
         ignore = self.directory / ".gitignore"
         if not ignore.exists():
-            atomic_write(ignore, GITIGNORE.encode())
+            atomic_write(ignore, GITIGNORE)
 
     @contextlib.contextmanager
     def locked(self, key: str) -> Iterator[None]:
@@ -119,13 +104,7 @@ class SweepCache:
 
     def write(self, key: str, settings: Mapping[str, Any], result: PatchResult) -> None:
         self._prepare()
-        handle, temp = tempfile.mkstemp(dir=self.sweeps, prefix=f".{key}.", suffix=".npz")
-        os.close(handle)
-        try:
-            result.save(temp)
-            payload = Path(temp).read_bytes()
-        finally:
-            os.unlink(temp)
+        payload = result.to_bytes()
         header = {
             "format": ENTRY_FORMAT,
             "key": key,

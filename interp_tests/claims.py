@@ -1,14 +1,18 @@
-"""Assertions that read like localization claims, mixed into PatchResult.
+"""Assertions that read like localization claims, mixed into PatchResult (``Claims``) and the robustness
+Grid (``GridClaims``).
 
 A failed claim raises ``ClaimError`` (an ``AssertionError``, so pytest reports it as a failure) whose
 message is a small report: the component's effect, where it sits among all components (mean, SD,
 z-score, rank), the top components, the threshold and the sweep's settings, so a failing test says why
-without re-running anything. The same numbers are on the error as fields for programs to read.
+without re-running anything. The same numbers are on the error as fields for programs to read. A claim
+that holds but may not mean what it says (absence under the probability metric) warns with
+``InterpWarning``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,13 +21,30 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from .errors import SettingsError
+from .errors import InterpWarning, SettingsError
 
 if TYPE_CHECKING:
     from .results import PatchResult
+    from .robustness import Grid
 
 Layers = Union[range, Sequence[int]]
+SIGNS = ("positive", "negative", "both")
 TABLE_ROWS = 10
+AGREEMENT_TOLERANCE = 1e-9
+
+
+def check_sign(sign: str) -> str:
+    if sign not in SIGNS:
+        raise SettingsError(f"sign={sign!r}: use 'positive', 'negative' or 'both'.")
+    return sign
+
+
+def signed(values: Any, sign: str) -> Any:
+    """``values`` turned so that larger means further out on ``sign``'s side: as they are, negated, or absolute."""
+    check_sign(sign)
+    if sign == "negative":
+        return -values
+    return np.abs(values) if sign == "both" else values
 
 
 @dataclass(frozen=True)
@@ -44,7 +65,11 @@ class ClaimError(AssertionError):
     """A localization claim that the sweep contradicts. The message is a report; the fields are data.
 
     ``claim`` names the assertion (``"detected"``, ``"not_detected"``, ``"top_k"``, ``"peak"``,
-    ``"baseline"``), ``labels`` the components that broke it and ``figures`` their effect, z-score and rank.
+    ``"baseline"``, ``"stable"``, ``"agree"``, ``"robust"``), ``labels`` the components that broke it and
+    ``figures`` their effect, z-score and rank. ``details`` holds a claim's own figures: per label the
+    bootstrap ``detection_rate``, ``effect_ci`` and ``z_ci`` (stable); ``spearman``, ``kendall``,
+    ``jaccard`` and the ``minimums`` (agree); per label the settings it is ``detected_in`` and
+    ``n_settings`` (robust, whose ``threshold`` is ``at_least``).
     """
 
     def __init__(
@@ -57,6 +82,7 @@ class ClaimError(AssertionError):
         threshold: Any = None,
         sign: str | None = None,
         settings: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(message)
         self.claim = claim
@@ -65,6 +91,7 @@ class ClaimError(AssertionError):
         self.threshold = threshold
         self.sign = sign
         self.settings = dict(settings or {})
+        self.details = dict(details or {})
 
 
 @dataclass(frozen=True)
@@ -96,8 +123,8 @@ def record_claim(claim: str, figure: str, passed: bool) -> None:
         outcomes.append(ClaimOutcome(claim, figure, passed))
 
 
-def _labels(labels: tuple[Any, ...], result: PatchResult) -> list[str]:
-    """Labels given as arguments or as one list, each checked to be a component of the sweep."""
+def _label_list(labels: tuple[Any, ...]) -> list[str]:
+    """Labels given as arguments or as one list."""
     if len(labels) == 1 and isinstance(labels[0], Iterable) and not isinstance(labels[0], str):
         labels = tuple(labels[0])
     if not labels:
@@ -105,17 +132,24 @@ def _labels(labels: tuple[Any, ...], result: PatchResult) -> list[str]:
     for label in labels:
         if not isinstance(label, str):
             raise SettingsError(f"Component labels are strings such as '9.9' or 'mlp.3', not {label!r}.")
-        result.grid.index(label)
     return list(labels)
 
 
-def _scores(result: PatchResult, sign: str) -> np.ndarray:
-    z = result.zscores.reshape(-1)
-    return {"positive": z, "negative": -z, "both": np.abs(z)}[sign]
+def _labels(labels: tuple[Any, ...], result: PatchResult) -> list[str]:
+    """Labels given as arguments or as one list, each checked to be a component of the sweep."""
+    names = _label_list(labels)
+    for label in names:
+        result.grid.index(label)
+    return names
+
+
+def _subject(labels: Sequence[str]) -> str:
+    """'0.1 is' or '0.1, 0.2 are'."""
+    return f"{', '.join(labels)} {'is' if len(labels) == 1 else 'are'}"
 
 
 def _figures(result: PatchResult, label: str, sign: str) -> ComponentFigures:
-    scores = _scores(result, sign)
+    scores = signed(result.zscores.reshape(-1), sign)
     index = result.labels.index(label)
     rank = int((scores > scores[index]).sum()) + 1
     return ComponentFigures(label, result[label], result.zscore(label), rank, scores.size)
@@ -123,17 +157,6 @@ def _figures(result: PatchResult, label: str, sign: str) -> ComponentFigures:
 
 def _threshold_text(sd: float, sign: str) -> str:
     return {"positive": f"z >= {sd:.2f}", "negative": f"z <= {-sd:.2f}", "both": f"|z| >= {sd:.2f}"}[sign]
-
-
-def _ranked_table(result: PatchResult, sign: str, k: int = TABLE_ROWS) -> str:
-    if sign == "positive":
-        return result.table(k)
-    z = result.zscores.reshape(-1)
-    labels = result.labels
-    rows = [f"{'rank':>4}  {'component':<12}{'effect':>10}{'z':>8}"]
-    for rank, (label, value) in enumerate(result.top(k, sign), start=1):
-        rows.append(f"{rank:>4}  {label:<12}{value:>10.4f}{z[labels.index(label)]:>8.2f}")
-    return "\n".join(rows)
 
 
 def _context(result: PatchResult, sd: float, sign: str) -> str:
@@ -150,21 +173,10 @@ def _context(result: PatchResult, sd: float, sign: str) -> str:
             f"effect {needs[sign]} ({_threshold_text(sd, sign)})",
             f"  detected at sd={sd:g}, sign={sign}: {', '.join(detected) if detected else 'none'}",
             f"top components ({side} first):",
-            _ranked_table(result, sign),
+            result.table(TABLE_ROWS, sign),
             f"settings: {result.describe_settings()}",
         ]
     )
-
-
-def _weakest(figures: list[ComponentFigures], sign: str) -> ComponentFigures:
-    score = {"positive": lambda f: f.zscore, "negative": lambda f: -f.zscore, "both": lambda f: abs(f.zscore)}[sign]
-    return min(figures, key=score)
-
-
-def _check_sign(sign: str) -> str:
-    if sign not in ("positive", "negative", "both"):
-        raise SettingsError(f"sign={sign!r}: use 'positive', 'negative' or 'both'.")
-    return sign
 
 
 def _layer_range(layers: Layers, n_layers: int) -> range:
@@ -179,6 +191,33 @@ def _layer_range(layers: Layers, n_layers: int) -> range:
     return layers
 
 
+def _detection_error(
+    result: PatchResult,
+    claim: str,
+    verdict: str,
+    failing: list[ComponentFigures],
+    figures: list[ComponentFigures],
+    sd: float,
+    sign: str,
+) -> ClaimError:
+    """The report of a failed (not_)detected claim: the verdict on ``failing``, their figures, the sweep's context."""
+    return ClaimError(
+        "\n".join(
+            [
+                f"Claim failed: {_subject([f.label for f in failing])} {verdict}",
+                *(f"  {f.describe()}" for f in failing),
+                _context(result, sd, sign),
+            ]
+        ),
+        claim=claim,
+        labels=[f.label for f in failing],
+        figures={f.label: f for f in figures},
+        threshold=sd,
+        sign=sign,
+        settings=result.settings,
+    )
+
+
 class Claims:
     """Claim assertions on a PatchResult (``result.assert_detected("9.9", sd=2)``).
 
@@ -187,70 +226,161 @@ class Claims:
     """
 
     def assert_detected(self: PatchResult, *labels: str, sd: float = 2.0, sign: str = "positive") -> None:
-        """Each component is detected: at least ``sd`` SDs from the mean effect on ``sign``'s side (the paper's rule)."""
+        """Each component is detected: ``sd`` SDs or more from the mean effect on ``sign``'s side (the paper's rule)."""
+        __tracebackhide__ = True  # pytest shows the failure at the claim, not in here
         names = _labels(labels, self)
-        _check_sign(sign)
-        detected = set(self.detected(sd, sign))
+        detected = set(self.detected(sd, sign))  # checks the sign
         figures = [_figures(self, label, sign) for label in names]
         missing = [f for f in figures if f.label not in detected]
-        weakest = _weakest(figures, sign)
+        weakest = min(figures, key=lambda f: signed(f.zscore, sign))
         record_claim(f"detected {', '.join(names)}", f"z({weakest.label})={weakest.zscore:+.2f}", not missing)
         if not missing:
             return
-        subject = ", ".join(f.label for f in missing)
-        verb = "is" if len(missing) == 1 else "are"
-        raise ClaimError(
-            "\n".join(
-                [
-                    f"Claim failed: {subject} {verb} not detected (needs {_threshold_text(sd, sign)}, sign={sign}).",
-                    *(f"  {f.describe()}" for f in missing),
-                    _context(self, sd, sign),
-                ]
-            ),
-            claim="detected",
-            labels=[f.label for f in missing],
-            figures={f.label: f for f in figures},
-            threshold=sd,
-            sign=sign,
-            settings=self.settings,
-        )
+        verdict = f"not detected (needs {_threshold_text(sd, sign)}, sign={sign})."
+        raise _detection_error(self, "detected", verdict, missing, figures, sd, sign)
 
     def assert_not_detected(self: PatchResult, *labels: str, sd: float = 2.0, sign: str = "positive") -> None:
-        """No component is detected at ``sd`` SDs on ``sign``'s side (e.g. a metric that misses a head)."""
+        """No component is detected at ``sd`` SDs on ``sign``'s side (e.g. a metric that misses a head).
+
+        Under metric "prob" a claim that holds warns (``InterpWarning``): probability cannot see negative
+        components, so absence there may say nothing (Zhang & Nanda 2024, section 4.2).
+        """
+        __tracebackhide__ = True
         names = _labels(labels, self)
-        _check_sign(sign)
-        detected = set(self.detected(sd, sign))
+        detected = set(self.detected(sd, sign))  # checks the sign
         figures = [_figures(self, label, sign) for label in names]
         found = [f for f in figures if f.label in detected]
         strongest = min(figures, key=lambda f: f.rank)
         record_claim(f"not detected {', '.join(names)}", f"z({strongest.label})={strongest.zscore:+.2f}", not found)
         if not found:
+            if self.metric == "prob":
+                _warn_probability_blind_spot(self, names, sign)
             return
-        subject = ", ".join(f.label for f in found)
-        verb = "is" if len(found) == 1 else "are"
-        raise ClaimError(
-            "\n".join(
-                [
-                    f"Claim failed: {subject} {verb} detected ({_threshold_text(sd, sign)}, sign={sign}), "
-                    "but the claim says not.",
-                    *(f"  {f.describe()}" for f in found),
-                    _context(self, sd, sign),
-                ]
-            ),
-            claim="not_detected",
-            labels=[f.label for f in found],
-            figures={f.label: f for f in figures},
-            threshold=sd,
-            sign=sign,
-            settings=self.settings,
-        )
+        verdict = f"detected ({_threshold_text(sd, sign)}, sign={sign}), but the claim says not."
+        raise _detection_error(self, "not_detected", verdict, found, figures, sd, sign)
 
     def assert_negative(self: PatchResult, *labels: str, sd: float = 2.0) -> None:
         """Each component is detected with a negative effect: at least ``sd`` SDs below the mean."""
+        __tracebackhide__ = True
         self.assert_detected(*labels, sd=sd, sign="negative")
+
+    def assert_stable(
+        self: PatchResult,
+        *labels: str,
+        min_detection_rate: float = 0.9,
+        sd: float = 2.0,
+        sign: str = "positive",
+        n_resamples: int = 1000,
+        seed: int = 0,
+    ) -> None:
+        """Each component stays detected when the prompts are redrawn: detected (``sd`` SDs on ``sign``'s
+        side) in at least ``min_detection_rate`` of ``n_resamples`` bootstrap resamples (``stats.bootstrap``)."""
+        __tracebackhide__ = True
+        from .stats import bootstrap
+
+        names = _labels(labels, self)
+        rate_ok = isinstance(min_detection_rate, (int, float)) and not isinstance(min_detection_rate, bool)
+        if not rate_ok or not 0 <= min_detection_rate <= 1:
+            raise SettingsError(f"min_detection_rate={min_detection_rate!r} must be a share in 0..1 (e.g. 0.9).")
+        boot = bootstrap(self, n_resamples=n_resamples, seed=seed, sd=sd)
+        rates = {label: boot.detection_rate(label, sign) for label in names}
+        unstable = [label for label in names if rates[label] < min_detection_rate]
+        weakest = min(names, key=rates.__getitem__)
+        record_claim(f"stable {', '.join(names)}", f"detection rate({weakest})={rates[weakest]:.0%}", not unstable)
+        if not unstable:
+            return
+        pct = f"{100 * boot.confidence:g}% CI"
+        rows = []
+        for label in unstable:
+            (low, high), (z_low, z_high) = boot.ci(label), boot.z_interval(label)
+            rows.append(
+                f"  {label}: detected in {rates[label]:.1%} of resamples; effect {self[label]:.4g} "
+                f"({pct} [{low:.4g}, {high:.4g}]), z {self.zscore(label):+.2f} ({pct} [{z_low:+.2f}, {z_high:+.2f}])"
+            )
+        raise ClaimError(
+            "\n".join(
+                [
+                    f"Claim failed: {_subject(unstable)} detected ({_threshold_text(sd, sign)}, sign={sign}) in fewer "
+                    f"than {100 * min_detection_rate:g}% of bootstrap resamples of the {self.n_prompts} prompts.",
+                    *rows,
+                    str(boot),
+                    f"settings: {self.describe_settings()}",
+                ]
+            ),
+            claim="stable",
+            labels=unstable,
+            figures={label: _figures(self, label, sign) for label in names},
+            threshold=min_detection_rate,
+            sign=sign,
+            settings=self.settings,
+            details={
+                "detection_rate": rates,
+                "effect_ci": {label: boot.ci(label) for label in names},
+                "z_ci": {label: boot.z_interval(label) for label in names},
+            },
+        )
+
+    def assert_agree(
+        self: PatchResult,
+        other: PatchResult,
+        *,
+        min_spearman: float | None = None,
+        min_kendall: float | None = None,
+        min_jaccard: float | None = None,
+        sd: float = 2.0,
+        sign: str = "positive",
+    ) -> None:
+        """This sweep and ``other`` (the same components under, say, another metric or corruption) agree:
+        Spearman's rho and Kendall's tau of the two effect maps, and the Jaccard overlap of their detected
+        sets (``sd`` SDs on ``sign``'s side), are at least the minimums given (``stats.agreement``)."""
+        __tracebackhide__ = True
+        from .stats import agreement
+
+        given = {"spearman": min_spearman, "kendall": min_kendall, "jaccard": min_jaccard}
+        minimums = {name: value for name, value in given.items() if value is not None}
+        if not minimums:
+            raise SettingsError("assert_agree() checks nothing: give min_spearman, min_kendall or min_jaccard.")
+        for name, value in minimums.items():
+            low = 0 if name == "jaccard" else -1
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= 1:
+                raise SettingsError(f"min_{name}={value!r} must be a number in {low}..1.")
+        found = agreement(self, other, sd=sd, sign=sign)
+        figures = {name: getattr(found, name) for name in minimums}
+        # NaN (a constant map) falls short; the tolerance keeps tau = 1 - 2e-16 of identical maps from failing 1
+        short = [name for name, minimum in minimums.items() if not figures[name] >= minimum - AGREEMENT_TOLERANCE]
+        shown = ", ".join(f"{name} {value:.2f}" for name, value in figures.items())
+        record_claim(f"agrees with {_difference(self, other)}", shown, not short)
+        if not short:
+            return
+        names = {"spearman": "Spearman rho", "kendall": "Kendall tau", "jaccard": "Jaccard"}
+        reasons = ", ".join(
+            f"{names[name]} {figures[name]:.3f}{' (a map is constant)' if np.isnan(figures[name]) else ''} < "
+            f"{minimums[name]:g}"
+            for name in short
+        )
+        detected = {"a": self.detected(sd, sign), "b": other.detected(sd, sign)}
+        raise ClaimError(
+            "\n".join(
+                [
+                    f"Claim failed: the two sweeps agree less than claimed: {reasons}.",
+                    f"  a (this sweep): {self.describe_settings()}",
+                    f"     detected at sd={sd:g}, sign={sign}: {', '.join(detected['a']) or 'none'}",
+                    f"  b (the other):  {other.describe_settings()}",
+                    f"     detected at sd={sd:g}, sign={sign}: {', '.join(detected['b']) or 'none'}",
+                    found.table(),
+                ]
+            ),
+            claim="agree",
+            labels=sorted(set(found.only_a) | set(found.only_b)),
+            threshold=minimums,
+            sign=sign,
+            settings=self.settings,
+            details={**{name: getattr(found, name) for name in given}, "minimums": minimums, "detected": detected},
+        )
 
     def assert_top_k(self: PatchResult, labels: str | Iterable[str], k: int) -> None:
         """Each component is among the ``k`` with the largest mean effect."""
+        __tracebackhide__ = True
         names = _labels((labels,), self)
         if not isinstance(k, int) or isinstance(k, bool) or k < 1:
             raise SettingsError(f"k={k!r} must be a positive integer (how many top components to look at).")
@@ -260,12 +390,10 @@ class Claims:
         record_claim(f"top {k}: {', '.join(names)}", f"rank({worst.label})={worst.rank}", not outside)
         if not outside:
             return
-        subject = ", ".join(f.label for f in outside)
-        verb = "is" if len(outside) == 1 else "are"
         raise ClaimError(
             "\n".join(
                 [
-                    f"Claim failed: {subject} {verb} not among the top {k} components.",
+                    f"Claim failed: {_subject([f.label for f in outside])} not among the top {k} components.",
                     *(f"  {f.describe()}" for f in outside),
                     f"top components (most positive first):\n{self.table(max(k, TABLE_ROWS))}",
                     f"settings: {self.describe_settings()}",
@@ -285,6 +413,7 @@ class Claims:
         A layer's effect is its largest over the sweep's other axes (positions, heads), so a by-position
         sweep peaks where any position of a layer peaks.
         """
+        __tracebackhide__ = True
         n_layers = self.grid.n_layers
         expected = _layer_range(layers, n_layers)
         profile = self.mean.reshape(n_layers, -1).max(axis=1)
@@ -292,9 +421,10 @@ class Claims:
         record_claim(f"peak in layers {expected.start}..{expected.stop - 1}", f"peak layer {peak}", peak in expected)
         if peak in expected:
             return
-        others = [axis + "s" for axis in self.grid.axes if axis != "layer"]
+        others = [{"pos": "positions", "head": "heads"}[axis] for axis in self.grid.axes if axis != "layer"]
         over = f" (max over {' and '.join(others)})" if others else ""
-        rows = [f"  layer {layer:>3}  {value:>10.4f}{'   <- peak' if layer == peak else ''}" for layer, value in enumerate(profile)]
+        marks = ["   <- peak" if layer == peak else "" for layer in range(n_layers)]
+        rows = [f"  layer {layer:>3}  {value:>10.4f}{mark}" for layer, (value, mark) in enumerate(zip(profile, marks))]
         raise ClaimError(
             "\n".join(
                 [
@@ -320,9 +450,70 @@ class Claims:
         next to the test, named after the test or ``name``; ``--interp-update-baselines`` rewrites it) or
         the path of a baseline ``.json`` file (``update=True`` rewrites it).
         """
+        __tracebackhide__ = True
         from .baselines import check_baseline, check_for_request
 
         if hasattr(where, "node") and hasattr(where, "config"):
             check_for_request(self, where, name=name, atol=atol, update=update)
         else:
             check_baseline(self, Path(where), atol=atol, update=bool(update))
+
+
+def _warn_probability_blind_spot(result: PatchResult, labels: list[str], sign: str) -> None:
+    """Warn that an absence claim under metric "prob" may pass whatever the component does (section 4.2)."""
+    from .robustness import probability_blind_spot_warning
+
+    kind = "not_negative" if sign == "negative" else "not_detected"
+    corrupted = result.settings.get("corrupted", {}).get("prob")
+    text = probability_blind_spot_warning("prob", kind, corrupted_prob=corrupted)
+    warnings.warn(InterpWarning(f"not detected {', '.join(labels)}: {text}"), stacklevel=3)
+
+
+def _difference(a: PatchResult, b: PatchResult) -> str:
+    """How ``b``'s settings differ from ``a``'s, e.g. "metric=prob"; "itself" when they do not."""
+    keys = ("model", "component", "positions", "corruption", "noise_scale", "metric", "direction", "window", "seed")
+    changed = [f"{key}={b.settings.get(key)}" for key in keys if a.settings.get(key) != b.settings.get(key)]
+    return ", ".join(changed) or "itself"
+
+
+class GridClaims:
+    """Claim assertions on a robustness ``Grid`` (``grid.assert_robust("9.9", at_least=4)``).
+
+    Like ``Claims``: labels as arguments or one list; None when the claim holds, else ``ClaimError``.
+    """
+
+    def assert_robust(
+        self: Grid, *labels: str, at_least: int | None = None, sd: float | None = None, sign: str = "positive"
+    ) -> None:
+        """Each component is detected (``sd`` SDs on ``sign``'s side; default the grid's ``sd``) in at least
+        ``at_least`` of the grid's settings (default: all). A setting whose metric could not be computed
+        counts as one without the detection."""
+        __tracebackhide__ = True
+        names = _label_list(labels)
+        m, sd = self._at_least(at_least), self._sd(sd)
+        found = {label: self.detected_in(label, sd, sign) for label in names}  # checks label and sign
+        n = len(self.settings)
+        fragile = [label for label in names if len(found[label]) < m]
+        weakest = min(names, key=lambda label: len(found[label]))
+        record_claim(f"robust {', '.join(names)}", f"{weakest} in {len(found[weakest])}/{n} settings", not fragile)
+        if not fragile:
+            return
+        needs = f"all {n} settings" if m == n else f"at least {m} of the {n} settings"
+        invalid = f" ({len(self.invalid)} invalid settings count as not detected)" if self.invalid else ""
+        robust = self.robust_components(m, sd, sign)
+        raise ClaimError(
+            "\n".join(
+                [
+                    f"Claim failed: {_subject(fragile)} not detected ({_threshold_text(sd, sign)}, sign={sign}) in "
+                    f"{needs}{invalid}.",
+                    *(f"  {label}: detected in {len(found[label])} of {n}" for label in fragile),
+                    *(self.component_table(label, sd) for label in fragile),
+                    f"components detected in {needs}: {', '.join(robust) or 'none'}",
+                ]
+            ),
+            claim="robust",
+            labels=fragile,
+            threshold=m,
+            sign=sign,
+            details={"detected_in": {label: [str(s) for s in found[label]] for label in names}, "n_settings": n},
+        )

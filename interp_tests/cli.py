@@ -7,14 +7,15 @@ claim to paste into a claims file; ``evaluate`` checks the model can do the task
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+import yaml
+
 from .errors import InterpError, SettingsError, did_you_mean
+from .specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
     from .models import PatchableModel
@@ -24,37 +25,9 @@ if TYPE_CHECKING:
 PAIR_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml")
 DEFAULT_N = 64
 DEFAULT_TASK_SEED = 0
+DESCRIPTION = "Explore activation-patching sweeps and turn what they find into YAML claims."
 CLAIM_MARKER = "# Claim reproducing this sweep; paste it into a claims YAML file:"
 PROGRESS_WIDTH = 30
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """A generated task (name, n, seed and variant options) or a user's pairs file, as a claim names it."""
-
-    name: str
-    n: int | None = None
-    seed: int | None = None
-    variant: dict[str, Any] = field(default_factory=dict)
-    path: str | None = None
-
-    def describe(self) -> str:
-        if self.path is not None:
-            return f"pairs file {self.path}"
-        options = ", ".join(f"{k}={v}" for k, v in {"n": self.n, "seed": self.seed, **self.variant}.items())
-        return f"{self.name} ({options})"
-
-    def as_claim(self) -> dict[str, Any]:
-        if self.path is not None:
-            return {"name": "file", "path": self.path}
-        return {"name": self.name, "n": self.n, "seed": self.seed, **self.variant}
-
-    def pairs(self, tokenizer: Any) -> PromptPairs:
-        from .tasks import TASKS, from_file
-
-        if self.path is not None:
-            return from_file(self.path)
-        return TASKS[self.name](self.n, seed=self.seed, tokenizer=tokenizer, **self.variant)
 
 
 def _generator_names() -> list[str]:
@@ -65,41 +38,50 @@ def _generator_names() -> list[str]:
 
 def _parse_variant(items: Sequence[str]) -> dict[str, Any]:
     """``["corrupt=S2", "length=10"]`` -> ``{"corrupt": "S2", "length": 10}`` (values read as YAML scalars)."""
-    import yaml
-
     variant = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SettingsError(f"--variant {item!r}: write KEY=VALUE, e.g. --variant corrupt=S2.")
-        variant[key] = yaml.safe_load(value) if value else ""
+        try:
+            variant[key] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise SettingsError(f"--variant {item!r}: {value!r} is not a value; quote it or use a plain word or number.") from None
     return variant
 
 
 def task_spec(task: str, n: int | None, seed: int | None, variant_items: Sequence[str]) -> TaskSpec:
     """Check the task options before any model loads, so a typo fails in a second, not after a minute."""
-    from .tasks import TASKS
-
     names = _generator_names()
     variant = _parse_variant(variant_items)
     if task in names:
-        spec = TaskSpec(task, DEFAULT_N if n is None else n, DEFAULT_TASK_SEED if seed is None else seed, variant)
-        parameters = inspect.signature(TASKS[task]).parameters
-        unknown = sorted(set(variant) - set(parameters) - {"n", "seed", "tokenizer"})
-        if unknown:
-            options = [p for p in parameters if p not in ("n", "seed", "tokenizer")]
-            raise SettingsError(f"Task {task!r} has no option {unknown}; its --variant options are {options}.")
+        n, seed = DEFAULT_N if n is None else n, DEFAULT_TASK_SEED if seed is None else seed
+        spec = TaskSpec(name=task, n=n, seed=seed, variant=variant)
+        spec.check()
         return spec
     if Path(task).suffix in PAIR_FILE_SUFFIXES or Path(task).is_file():
-        if n is not None or seed is not None or variant:
-            raise SettingsError(
-                f"--n, --seed and --variant shape generated tasks; the pairs file {task} is used as it is."
-            )
-        return TaskSpec("file", path=task)
+        if seed is not None or variant:
+            raise SettingsError(f"--seed and --variant shape generated tasks; the pairs file {task} is read as it is.")
+        return TaskSpec(file=Path(task), n=n)
     raise SettingsError(
         f"Unknown task {task!r}.{did_you_mean(task, names)} Choose from {names}, or give the path of a pairs "
         f"file ({', '.join(PAIR_FILE_SUFFIXES)})."
     )
+
+
+def _positive(kind: Callable[[str], int | float]) -> Callable[[str], int | float]:
+    """An argparse type that refuses zero and negative numbers with a usage error, before any model loads."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"{text} must be positive")
+        return value
+
+    return parse
 
 
 def _positions(value: str) -> str | int:
@@ -161,10 +143,18 @@ def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -
     return {"model": model, "task": task.as_claim(), "claims": claims}
 
 
-def claim_yaml(document: dict[str, Any]) -> str:
-    import yaml
+class _ClaimDumper(yaml.SafeDumper):
+    """Lists indented under their key, as claims files are written by hand, and no ``&id001`` anchors."""
 
-    return yaml.safe_dump(document, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
+    def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+        return super().increase_indent(flow, False)
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def claim_yaml(document: dict[str, Any]) -> str:
+    return yaml.dump(document, Dumper=_ClaimDumper, sort_keys=False, default_flow_style=None, width=110, allow_unicode=True)
 
 
 # -- commands ----------------------------------------------------------------------------------------
@@ -208,9 +198,9 @@ def _sweep(args: argparse.Namespace) -> int:
     for sign in ("positive", "negative"):
         print(f"  {sign}: {', '.join(result.detected(args.sd, sign)) or 'none'}")
     print(f"\n{CLAIM_MARKER}")
-    print(claim_yaml(sweep_claim(args.model, spec, result, sd=args.sd)), end="")
+    print(claim_yaml(sweep_claim(resolve_model_spec(args.model, Path.cwd()), spec, result, sd=args.sd)), end="")
     if args.heatmap:
-        print(f"\nwrote {heatmap(result, args.heatmap, sd=args.sd)}")
+        print(f"\nwrote {heatmap(result, args.heatmap, sd=args.sd, title=spec.describe())}")
     if args.json:
         print(f"wrote {result_json(result, args.json, sd=args.sd, top=args.top)}")
     return 0
@@ -226,29 +216,29 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")
     common.add_argument("--task", required=True,
                         help=f"a task name ({', '.join(_generator_names())}) or a pairs file (.jsonl, .yaml)")
-    common.add_argument("--n", type=int, help=f"number of prompt pairs to generate (default {DEFAULT_N})")
+    common.add_argument("--n", type=_positive(int), help=f"number of prompt pairs to generate (default {DEFAULT_N})")
     common.add_argument("--seed", type=int, help=f"seed of the task generator (default {DEFAULT_TASK_SEED})")
     common.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="a task option, e.g. corrupt=S2 (repeatable)")
     common.add_argument("--corruption", choices=NAMES, default="str",
                         help="symmetric token replacement or Gaussian noise (default str)")
-    common.add_argument("--noise-scale", type=float, default=DEFAULT_NOISE_SCALE,
+    common.add_argument("--noise-scale", type=_positive(float), default=DEFAULT_NOISE_SCALE,
                         help=f"Gaussian noise std in embedding stds (default {DEFAULT_NOISE_SCALE:g})")
     common.add_argument("--noise-seed", type=int, default=0, help="seed of the Gaussian noise (default 0)")
     common.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
 
-    parser = argparse.ArgumentParser(prog="interp-tests", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="interp-tests", description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sweep = commands.add_parser("sweep", parents=[common], help="patch every component and print a claim",
                                 description="Patch every component of one kind, rank them, and print a YAML claim.")
     sweep.add_argument("--component", choices=KINDS, default="attn_head", help="default attn_head")
     sweep.add_argument("--metric", choices=METRICS, default="logit_diff", help="default logit_diff")
     sweep.add_argument("--positions", default="all", help="all (default), each, a token index, last or a span name")
-    sweep.add_argument("--window", type=int, default=1, help="layers restored together (mlp, attn; default 1)")
+    sweep.add_argument("--window", type=_positive(int), default=1, help="layers restored together (mlp, attn; default 1)")
     sweep.add_argument("--direction", choices=DIRECTIONS, default="denoise", help="default denoise")
-    sweep.add_argument("--batch-size", type=int, help="patched rows per forward pass (default: sized to memory)")
-    sweep.add_argument("--sd", type=float, default=2.0, help="detection threshold in SDs (default 2)")
-    sweep.add_argument("--top", type=int, default=10, help="rows of the ranked table (default 10)")
+    sweep.add_argument("--batch-size", type=_positive(int), help="patched rows per forward pass (default: sized to memory)")
+    sweep.add_argument("--sd", type=_positive(float), default=2.0, help="detection threshold in SDs (default 2)")
+    sweep.add_argument("--top", type=_positive(int), default=10, help="rows of the ranked table (default 10)")
     sweep.add_argument("--heatmap", metavar="PNG", help="write a heatmap (needs matplotlib)")
     sweep.add_argument("--json", metavar="JSON", help="write effects, z-scores and detections as JSON")
     sweep.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
@@ -272,6 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InterpError as error:
         print(f"interp-tests: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # e.g. an unwritable --heatmap or --json path
+        print(f"interp-tests: error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interp-tests: interrupted", file=sys.stderr)
         return 130

@@ -38,8 +38,22 @@ class MetricError(InterpError):
     """A metric that cannot be computed honestly, e.g. a normalising denominator of ~0."""
 
 
+class DeviceMemoryError(InterpError):
+    """The device ran out of memory even with one patched run per forward pass: the model does not fit."""
+
+
+class PlotsUnavailableError(InterpError):
+    """matplotlib (the ``plots`` extra) is not installed, so no PNG can be drawn."""
+
+
 class ResultFileError(InterpError):
     """A saved result that is missing, corrupt or from an incompatible version."""
+
+
+class InterpWarning(UserWarning):
+    """A claim that holds but may not mean what it says: a probability metric blind to negative components,
+    Gaussian noise that pushes the model off distribution, a model at chance on the task. pytest lists these
+    in its warnings summary."""
 
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:

@@ -2,37 +2,41 @@
 
 One ``InterpSession`` per pytest process (each xdist worker has its own) loads every model once, builds
 every prompt set once and computes every sweep once: a repeated sweep comes from an in-session memo,
-then from the on-disk cache (``cache.py``), and only then from forward passes. Nothing here imports
-torch until a fixture is used, so the plugin costs nothing to suites that never patch a model.
+then from the on-disk cache (``cache.py``), and only then from forward passes. Robustness grids are
+built from such sweeps, so a re-run grid costs no forward pass either. A Gaussian-noise sweep comes with
+the paper's off-distribution check (``robustness.off_distribution``, cached the same way), which warns
+with ``InterpWarning`` when the noise pushes the residual stream off its clean distribution. Nothing here
+imports torch until a fixture is used, so the plugin costs nothing to suites that never patch a model.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import os
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import pytest
 
-from .errors import InterpError, ModelLoadError, SettingsError, WeightsUnavailableError, did_you_mean
+from .errors import InterpError, InterpWarning, ModelLoadError, SettingsError, WeightsUnavailableError
+from .specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
     from .corruptions import Corruption
     from .models import PatchableModel
     from .pairs import PromptPairs, TokenizedPairs
     from .results import PatchResult
+    from .robustness import Grid, OffDistribution, PairsSource
 
     Pairs = Union[PromptPairs, TokenizedPairs]
 
-ORGANISM = "organism"
-NO_REPORTS = (
-    "--interp-report-dir: this installation of interp-tests has no sweep reports (interp_tests.reports is "
-    "missing), so none were written. Upgrade interp-tests to get them."
-)
+METRICS = ("logit_diff", "prob", "kl")
+# The sweep settings that determine the off-distribution check of a Gaussian-noise corruption.
+OFF_DISTRIBUTION_KEYS = ("version", "model_fingerprint", "dataset", "device", "seed", "noise_scale")
 
 
 @dataclass(frozen=True)
@@ -50,45 +54,15 @@ class InterpOptions:
     remote: bool = False
 
 
-@dataclass(frozen=True)
-class TaskSpec:
-    """Which prompt pairs a claim runs on: a registered task generator (``name``) or a pairs ``file``."""
-
-    name: str | None = None
-    file: Path | None = None
-    n: int | None = None
-    seed: int | None = None
-    variant: dict[str, Any] = field(default_factory=dict)
-
-    def overridden(self, options: InterpOptions) -> TaskSpec:
-        """``--interp-n-prompts`` and ``--interp-seed`` win over what the claim says."""
-        return replace(
-            self,
-            n=self.n if options.n_prompts is None else options.n_prompts,
-            seed=self.seed if options.seed is None or self.file else options.seed,
-        )
-
-    def key(self) -> str:
-        return json.dumps([self.name, str(self.file), self.n, self.seed, self.variant], sort_keys=True, default=repr)
-
-    def describe(self) -> str:
-        if self.file is not None:
-            return f"pairs file {self.file}" + (f" (first {self.n})" if self.n is not None else "")
-        args = {"n": self.n, "seed": self.seed, **self.variant}
-        return f"{self.name}({', '.join(f'{k}={v!r}' for k, v in args.items() if v is not None)})"
-
-
 @dataclass
 class ItemRecord:
     """What one interp test did, for the terminal summary (sent to the xdist controller as a user property)."""
 
     sweeps: list[str] = field(default_factory=list)
     claims: list[tuple[str, str, bool]] = field(default_factory=list)
+    figures: list[str] = field(default_factory=list)  # shown whatever the outcome, e.g. a window's peak ratio
     notes: list[str] = field(default_factory=list)
     reports: list[str] = field(default_factory=list)
-
-    def as_property(self) -> dict[str, Any]:
-        return {"sweeps": self.sweeps, "claims": [list(c) for c in self.claims], "notes": self.notes, "reports": self.reports}
 
 
 RECORD_KEY = pytest.StashKey[ItemRecord]()
@@ -108,13 +82,6 @@ def session_of(config: pytest.Config) -> InterpSession:
         ) from None
 
 
-def resolve_model_spec(spec: str, base_dir: Path | None) -> str:
-    """A model path relative to the claim's file when one exists there; otherwise the spec as given."""
-    if base_dir is not None and spec != ORGANISM and not Path(spec).is_absolute() and (base_dir / spec).exists():
-        return str((base_dir / spec).resolve())
-    return spec
-
-
 def remote_message() -> str:
     key = "is set" if os.environ.get("NDIF_API_KEY") else "is not set"
     return (
@@ -122,36 +89,6 @@ def remote_message() -> str:
         "not support yet. Run without --interp-remote to load the models on this machine. (Remote runs will need "
         f"an NDIF API key, from NDIF_API_KEY, which {key}, or nnsight's config, and network access to NDIF.)"
     )
-
-
-def _generate(task: TaskSpec, tokenizer: Any) -> PromptPairs:
-    from . import tasks
-
-    registry = tasks.TASKS
-    if task.name not in registry:
-        raise SettingsError(
-            f"Unknown task {task.name!r}.{did_you_mean(str(task.name), registry)} Known tasks: {sorted(registry)}; "
-            "or give a pairs file with {file: pairs.jsonl}."
-        )
-    generator = registry[task.name]
-    params = inspect.signature(generator).parameters
-    open_ended = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    options = [p for p in params if p not in ("n", "seed", "tokenizer")]
-    for key in task.variant:
-        if key not in params and not open_ended:
-            raise SettingsError(
-                f"Task {task.name!r} has no option {key!r}.{did_you_mean(key, options)} Its options: {options or 'none'}."
-            )
-    kwargs: dict[str, Any] = dict(task.variant)
-    if task.n is not None:
-        kwargs["n"] = task.n
-    elif "n" in params and params["n"].default is inspect.Parameter.empty:
-        raise SettingsError(f"Task {task.name!r} needs n, the number of prompt pairs (e.g. n: 64).")
-    if task.seed is not None:
-        kwargs["seed"] = task.seed
-    if "tokenizer" in params or open_ended:
-        kwargs["tokenizer"] = tokenizer
-    return generator(**kwargs)
 
 
 class InterpSession:
@@ -162,6 +99,7 @@ class InterpSession:
         self._models: dict[str, PatchableModel | InterpError] = {}
         self._pairs: dict[str, PromptPairs] = {}
         self._sweeps: dict[str, PatchResult] = {}
+        self._distributions: dict[str, OffDistribution] = {}
 
     def model(self, spec: str | None, *, base_dir: Path | None = None) -> PatchableModel:
         """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable."""
@@ -183,27 +121,18 @@ class InterpSession:
                 self._models[key] = error
         model = self._models[key]
         if isinstance(model, WeightsUnavailableError):
-            pytest.skip(str(model))
+            # Reported at the test (or YAML claim) that needs the model, like a skip marker, not at this line.
+            raise pytest.skip.Exception(str(model), _use_item_location=True)
         if isinstance(model, InterpError):
             raise model
         return model
 
     def pairs(self, task: TaskSpec, model: PatchableModel | None) -> PromptPairs:
         """The task's prompt pairs, filtered for the model's tokenizer when there is a model."""
-        task = task.overridden(self.options)
+        task = task.with_overrides(self.options.n_prompts, self.options.seed)
         key = json.dumps([task.key(), None if model is None else model.name])
         if key not in self._pairs:
-            if task.file is not None:
-                from .pairs import PromptPairs
-
-                pairs = PromptPairs.load(task.file)
-                if task.n is not None:
-                    if task.n > len(pairs):
-                        raise SettingsError(f"{task.file} holds {len(pairs)} prompt pairs, fewer than n={task.n}.")
-                    pairs = pairs[: task.n]
-            else:
-                pairs = _generate(task, None if model is None else model.tokenizer)
-            self._pairs[key] = pairs
+            self._pairs[key] = task.pairs(None if model is None else model.tokenizer)
         return self._pairs[key]
 
     def sweep(
@@ -269,28 +198,136 @@ class InterpSession:
                     cached, status = compute(), "computed"
                     cache.write(key, settings, cached)
                     if problem:
-                        record.notes.append(f"cache entry {cache.entry_path(key)} was rejected ({problem}) and recomputed")
+                        entry = cache.entry_path(key)
+                        record.notes.append(f"cache entry {entry} was rejected ({problem}) and recomputed")
                 else:
                     status = "cached"
             self._sweeps[key] = cached
         record.sweeps.append(status)
+        if corruption == "gn":
+            _warn_off_distribution(self._off_distribution(model, tokens, settings))
         result = self._sweeps[key].with_metric(metric)
         result.settings["model"] = model.name
         return result
+
+    def _off_distribution(
+        self, model: PatchableModel, tokens: TokenizedPairs, sweep_settings: dict[str, Any]
+    ) -> OffDistribution:
+        """``robustness.off_distribution`` of a GN sweep's corrupted run: memoised, and cached on disk as JSON
+        next to the sweeps, so a cached sweep's check costs no forward pass either."""
+        import numpy as np
+
+        from .cache import canonical, sweep_key
+        from .files import atomic_write
+        from .robustness import OffDistribution, off_distribution
+
+        settings = {"check": "off_distribution", **{key: sweep_settings[key] for key in OFF_DISTRIBUTION_KEYS}}
+        key = sweep_key(settings)
+        if key in self._distributions:
+            return self._distributions[key]
+        path = self.options.cache_dir / "checks" / f"{key}.json"
+        check = None
+        if self.options.cache and path.is_file():
+            try:
+                stored = json.loads(path.read_text(encoding="utf-8"))
+                if canonical(stored["settings"]) == canonical(settings):
+                    values = {k: np.asarray(v) if isinstance(v, list) else v for k, v in stored["check"].items()}
+                    check = OffDistribution(**values)
+            except (OSError, ValueError, KeyError, TypeError):
+                check = None  # a damaged entry is recomputed, never trusted
+        if check is None:
+            check = off_distribution(model, tokens, seed=settings["seed"], noise_scale=settings["noise_scale"])
+            if self.options.cache:
+                values = {f.name: getattr(check, f.name) for f in dataclasses.fields(check)}
+                values = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in values.items()}
+                atomic_write(path, json.dumps({"settings": settings, "check": values}))
+        self._distributions[key] = check
+        return check
+
+    def grid(
+        self,
+        model: PatchableModel,
+        source: TaskSpec | PairsSource,
+        record: ItemRecord,
+        component: str = "attn_head",
+        *,
+        corruptions: Sequence[Corruption] = ("str", "gn"),
+        metrics: Sequence[str] = METRICS,
+        corrupt_tokens: Sequence[str] | str | None = None,
+        sd: float = 2.0,
+        **sweep_kwargs: Any,
+    ) -> Grid:
+        """``robustness.grid`` with every sweep through ``sweep`` (memo, disk cache, off-distribution check).
+
+        ``source`` is a ``TaskSpec`` (each ``corrupt_tokens`` choice becomes the task's ``corrupt`` option,
+        replacing the one it names) or whatever ``robustness.grid`` takes.
+        """
+        from .robustness import grid
+
+        pairs = self._task_source(source, model, corrupt_tokens) if isinstance(source, TaskSpec) else source
+
+        def sweep(
+            model: PatchableModel, tokens: Pairs, component: str, corruption: Corruption, metric: str, **kwargs: Any
+        ) -> PatchResult:
+            return self.sweep(model, tokens, record, component=component, corruption=corruption, metric=metric, **kwargs)
+
+        return grid(
+            model, pairs, component, corruptions=corruptions, metrics=metrics, corrupt_tokens=corrupt_tokens, sd=sd,
+            sweep=sweep, **sweep_kwargs,
+        )
+
+    def _task_source(
+        self, task: TaskSpec, model: PatchableModel, corrupt_tokens: Sequence[str] | str | None
+    ) -> Callable[[str | None], PromptPairs]:
+        """The task's pairs for each corrupted-token choice (its ``corrupt`` option), through ``pairs``."""
+        if task.file is not None and corrupt_tokens is not None:
+            raise SettingsError(
+                f"corrupt_tokens regenerates the prompt pairs once per choice, which the pairs file {task.file} "
+                "cannot do. Use a registered task (e.g. ioi) or leave corrupt_tokens out."
+            )
+
+        def make(choice: str | None) -> PromptPairs:
+            return self.pairs(task.corrupting(choice), model)
+
+        return make
 
     def write_report(self, result: PatchResult, name: str, record: ItemRecord) -> None:
         """Write the sweep's report when ``--interp-report-dir`` is set."""
         if self.options.report_dir is None:
             return
-        try:
-            from .reports import write_sweep_report
-        except ModuleNotFoundError as error:
-            if error.name != f"{__package__}.reports":
-                raise
-            record.notes.append(NO_REPORTS)
-            return
+        from .reports import write_sweep_report
+
         paths = write_sweep_report(result, self.options.report_dir, name)
         record.reports.extend(str(path) for path in paths)
+
+    def write_grid_report(self, grid: Grid, name: str, record: ItemRecord) -> None:
+        """Write the grid's ``grid.csv``, ``grid.json`` and ``grid.png`` into ``<report dir>/<name>.grid/``."""
+        if self.options.report_dir is None:
+            return
+        from .reports import slugify
+
+        directory = self.options.report_dir / f"{slugify(name)}.grid"
+        paths = list(grid.save(directory))
+        try:
+            paths.append(grid.figure(directory / "grid.png"))
+        except SettingsError as error:  # no matplotlib: the tables are still written
+            warnings.warn(f"interp-tests reports: grid figure skipped, CSV and JSON still written. {error}", stacklevel=2)
+        record.reports.extend(str(path) for path in paths)
+
+
+def _warn_off_distribution(check: OffDistribution) -> None:
+    if not check.is_off_distribution:
+        return
+    warnings.warn(
+        InterpWarning(
+            f"Gaussian noise (noise_scale={check.noise_scale:g}) puts the model off distribution at layers "
+            f"{check.flagged_layers}: the corrupted residual stream lies up to {check.max_z:.1f} SDs from the clean "
+            "one, so this sweep's effects may measure behaviour on inputs the model never sees rather than its "
+            "mechanism (Zhang & Nanda 2024, section 3.2). Check the claim with corruption 'str' (or a smaller "
+            f"noise_scale) too.\n{check.table()}"
+        ),
+        stacklevel=3,
+    )
 
 
 # -- markers -------------------------------------------------------------------------------------
@@ -316,7 +353,8 @@ def marker_task(node: pytest.Item) -> TaskSpec | None:
     if len(marker.args) > 1 or (marker.args and file) or not (marker.args or file):
         raise InterpError(
             f"{node.nodeid}: the interp_task marker takes a task name or file=, e.g. "
-            "@pytest.mark.interp_task('ioi', n=64, seed=0, corrupt='S2') or @pytest.mark.interp_task(file='pairs.jsonl')."
+            "@pytest.mark.interp_task('ioi', n=64, seed=0, corrupt='S2') or "
+            "@pytest.mark.interp_task(file='pairs.jsonl')."
         )
     return TaskSpec(
         name=marker.args[0] if marker.args else None,
@@ -336,7 +374,8 @@ ModelArg = Union[str, os.PathLike, "PatchableModel", None]
 def _model_for(request: pytest.FixtureRequest, model: ModelArg) -> PatchableModel:
     if model is None or isinstance(model, (str, os.PathLike)):
         spec = None if model is None else os.fspath(model)
-        return session_of(request.config).model(spec or marker_model(request.node), base_dir=Path(request.node.path).parent)
+        session = session_of(request.config)
+        return session.model(spec or marker_model(request.node), base_dir=Path(request.node.path).parent)
     return model
 
 
@@ -347,14 +386,19 @@ def _default_model(request: pytest.FixtureRequest) -> PatchableModel | None:
     return None
 
 
-def _pairs_for(request: pytest.FixtureRequest, model: PatchableModel | None) -> PromptPairs:
+def _marker_task(request: pytest.FixtureRequest, fixture: str) -> TaskSpec:
     task = marker_task(request.node)
     if task is None:
         raise InterpError(
-            "No prompt pairs: pass pairs= to interp_sweep, or mark the test with "
+            f"No prompt pairs: pass pairs= to {fixture}, or mark the test with "
             "@pytest.mark.interp_task('ioi', n=64) (or interp_task(file='pairs.jsonl'))."
         )
-    return session_of(request.config).pairs(task, model)
+    return task
+
+
+def _report_name(node: pytest.Item, count: int) -> str:
+    """``<test file stem>.<test name>``, with ``-2``, ``-3``... for a test's second, third... report."""
+    return f"{Path(node.path).stem}.{node.name}" + (f"-{count}" if count > 1 else "")
 
 
 @pytest.fixture
@@ -394,7 +438,9 @@ def interp_pairs(request: pytest.FixtureRequest) -> Callable[..., PromptPairs]:
         base = marker_task(request.node) if task is None and file is None else None
         if base is None:
             if task is None and file is None:
-                raise InterpError("interp_pairs(): name a task, give file=, or mark the test with @pytest.mark.interp_task(...).")
+                raise InterpError(
+                    "interp_pairs(): name a task, give file=, or mark the test with @pytest.mark.interp_task(...)."
+                )
             path = None if file is None else Path(request.node.path).parent / file
             spec = TaskSpec(name=task, file=path, n=n, seed=seed, variant=variant)
         else:
@@ -417,11 +463,11 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
 
     ``patch()``, with the model and pairs defaulting to the test's markers, through the result cache: an
     unchanged sweep costs no forward pass, and a changed model, dataset, setting or library version
-    recomputes. ``--interp-seed`` overrides ``seed``; ``noise_scale=None`` is the engine's default.
+    recomputes. ``--interp-seed`` overrides ``seed``; ``noise_scale=None`` is the engine's default. A
+    Gaussian-noise sweep that pushes the model off distribution warns (``InterpWarning``) with the table.
     """
     session = session_of(request.config)
     record = record_of(request.node)
-    node = request.node
     count = 0
 
     def sweep(
@@ -440,16 +486,57 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
     ) -> PatchResult:
         nonlocal count
         chosen = _model_for(request, model)
+        if pairs is None:
+            pairs = session.pairs(_marker_task(request, "interp_sweep"), chosen)
         result = session.sweep(
-            chosen, _pairs_for(request, chosen) if pairs is None else pairs, record, component=component,
-            corruption=corruption, metric=metric, positions=positions, window=window, direction=direction,
-            seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+            chosen, pairs, record, component=component, corruption=corruption, metric=metric, positions=positions,
+            window=window, direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
         )
         count += 1
-        session.write_report(result, f"{Path(node.path).stem}.{node.name}" + (f"-{count}" if count > 1 else ""), record)
+        session.write_report(result, _report_name(request.node, count), record)
         return result
 
     return sweep
+
+
+@pytest.fixture
+def interp_grid(request: pytest.FixtureRequest) -> Callable[..., Grid]:
+    """``grid(model=None, pairs=None, component="attn_head", *, corruptions=("str", "gn"),
+    metrics=("logit_diff", "prob", "kl"), corrupt_tokens=None, sd=2.0, **patch_kwargs) -> Grid``.
+
+    ``robustness.grid`` with each (corruption, corrupted tokens) sweep served like ``interp_sweep``'s, so a
+    re-run grid costs no forward pass. The model and pairs default to the test's markers; each
+    ``corrupt_tokens`` choice then becomes the marker task's ``corrupt`` option. ``pairs`` may also be
+    PromptPairs, a task spec mapping or a callable, as for ``robustness.grid``. ``patch_kwargs``: positions,
+    window, direction, seed, noise_scale, batch_size. Claim with ``grid.assert_robust(label, at_least=m)``.
+    With ``--interp-report-dir`` the grid's CSV, JSON and figure go to ``<report dir>/<test>.grid/``.
+    """
+    session = session_of(request.config)
+    record = record_of(request.node)
+    count = 0
+
+    def grid(
+        model: ModelArg = None,
+        pairs: PairsSource | None = None,
+        component: str = "attn_head",
+        *,
+        corruptions: Sequence[Corruption] = ("str", "gn"),
+        metrics: Sequence[str] = METRICS,
+        corrupt_tokens: Sequence[str] | str | None = None,
+        sd: float = 2.0,
+        **patch_kwargs: Any,
+    ) -> Grid:
+        nonlocal count
+        chosen = _model_for(request, model)
+        result = session.grid(
+            chosen, _marker_task(request, "interp_grid") if pairs is None else pairs, record, component,
+            corruptions=corruptions, metrics=metrics, corrupt_tokens=corrupt_tokens, sd=sd, **patch_kwargs,
+        )
+        count += 1
+        session.write_grid_report(result, _report_name(request.node, count), record)
+        return result
+
+    return grid
 
 
 @pytest.fixture
@@ -464,6 +551,7 @@ def interp_baseline(request: pytest.FixtureRequest) -> Callable[..., str]:
     record_of(request.node)
 
     def check(result: PatchResult, name: str | None = None, atol: float = 0.01) -> str:
+        __tracebackhide__ = True
         return check_for_request(result, request, name=name, atol=atol)
 
     return check

@@ -12,8 +12,7 @@ import torch
 
 from .adapters import Adapter, Shape, adapter_for, shape_of
 from .errors import ModelLoadError, WeightsUnavailableError
-
-ORGANISM = "organism"
+from .specs import ORGANISM
 
 
 class PatchableModel:
@@ -94,13 +93,37 @@ def organism_dir() -> Path:
     return Path(__file__).resolve().parent / "organism" / "model"
 
 
-def _load_pretrained(source: str, local: bool) -> tuple[torch.nn.Module, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _corrupt_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a truncated or damaged weights file raises (safetensors, or torch.load for .bin)."""
+    import pickle
 
+    from safetensors import SafetensorError
+
+    return SafetensorError, pickle.UnpicklingError, EOFError, RuntimeError
+
+
+def _load_pretrained(source: str, local: bool, tokenizer: Any = None) -> tuple[torch.nn.Module, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # a sweep's own output should not drown in load bars
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline and not local)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline and not local)
+            if not set(tokenizer.get_vocab()) - set(tokenizer.all_special_tokens):
+                raise ModelLoadError(
+                    f"The tokenizer of {source} has no vocabulary: its tokenizer files (tokenizer.json, or "
+                    "vocab.json and merges.txt, ...) are missing. Save them with tokenizer.save_pretrained(dir), "
+                    "or pass load_model(..., tokenizer=tokenizer)."
+                )
         model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline and not local)
+    except _corrupt_file_errors() as error:
+        raise ModelLoadError(
+            f"The weights of {source} are damaged or truncated and cannot be read ({type(error).__name__}: "
+            f"{error}). Write them again with model.save_pretrained(dir)"
+            f"{'' if local else ', or delete them from the Hugging Face cache and download them again'}."
+        ) from None
     except (OSError, ValueError) as error:
         if local:
             raise ModelLoadError(
@@ -144,13 +167,15 @@ def load_model(
     path = organism_dir() if name == ORGANISM else Path(name).expanduser()
     if name == ORGANISM and not path.is_dir():
         raise ModelLoadError(f"The organism's files are missing from {path}; reinstall interp-tests.")
-    if path.exists():
+    if path.is_dir() and (path / "config.json").is_file():
+        model, tok = _load_pretrained(str(path), local=True, tokenizer=tokenizer)
+    elif path.exists():
         from .llama2c import convert_llama2c, is_llama2c_checkpoint
 
         if is_llama2c_checkpoint(path):
             model, tok = convert_llama2c(path)
         elif path.is_dir():
-            model, tok = _load_pretrained(str(path), local=True)
+            model, tok = _load_pretrained(str(path), local=True, tokenizer=tokenizer)
         else:
             raise ModelLoadError(
                 f"{path} is a file but not a llama2.c checkpoint. Pass a Hugging Face model directory "
@@ -159,5 +184,5 @@ def load_model(
     else:
         if name.startswith((".", "/", "~")) or os.sep + os.sep in name:
             raise ModelLoadError(f"No model at {path}: the path does not exist.")
-        model, tok = _load_pretrained(name, local=False)
+        model, tok = _load_pretrained(name, local=False, tokenizer=tokenizer)
     return PatchableModel(model.to(target), tokenizer or tok, name=name)

@@ -17,6 +17,7 @@ from typing import Any, Union
 import torch
 
 from .errors import PromptError
+from .files import atomic_write
 
 AnswerToken = Union[str, int]
 Answer = Union[AnswerToken, Sequence[AnswerToken]]
@@ -43,7 +44,7 @@ def _check_answer(name: str, i: int, value: Any) -> Answer:
 
     if ok(value):
         return value
-    if isinstance(value, Sequence) and value and all(ok(t) for t in value):
+    if isinstance(value, Sequence) and not isinstance(value, bytes) and value and all(ok(t) for t in value):
         return list(value)
     raise PromptError(
         f"{name}[{i}] = {value!r:.60} is not an answer. An answer is a single-token string (' Mary'), "
@@ -108,6 +109,11 @@ class PromptPairs:
                         f"corrupt_positions[{i}] = {pos!r:.60} must be a non-empty list of token indices."
                     )
                 self.corrupt_positions.append(pos)
+        if spans is not None and not isinstance(spans, Mapping):
+            raise PromptError(
+                f"`spans` = {spans!r:.60} must map span names to one (start, end) character span per prompt, "
+                "e.g. spans={'S2': [(31, 35), ...]}."
+            )
         self.spans: dict[str, list[Span]] = {}
         for name, per_prompt in (spans or {}).items():
             per_prompt = _as_list(f"spans[{name!r}]", per_prompt, n)
@@ -179,6 +185,8 @@ class PromptPairs:
             missing = {"clean", "answer", "wrong"} - set(record)
             if missing:
                 raise PromptError(f"{source}: record {i} lacks required keys {sorted(missing)}.")
+            if not isinstance(record.get("spans", {}), Mapping):
+                raise PromptError(f"{source}: record {i} has `spans` that is not a mapping of name -> [start, end].")
         has_corrupted = ["corrupted" in r for r in records]
         if any(has_corrupted) and not all(has_corrupted):
             raise PromptError(f"{source}: give `corrupted` for every record or for none.")
@@ -190,7 +198,7 @@ class PromptPairs:
         for name in span_names:
             if not all(name in r.get("spans", {}) for r in records):
                 raise PromptError(f"{source}: span {name!r} must be given for every record.")
-            spans[name] = [tuple(r["spans"][name]) for r in records]
+            spans[name] = [r["spans"][name] for r in records]  # checked and made tuples by __init__
         return cls(
             [r["clean"] for r in records],
             [r["corrupted"] for r in records] if all(has_corrupted) else None,
@@ -233,9 +241,9 @@ class PromptPairs:
         return cls.from_records(records, source=str(path))
 
     def save(self, path: str | Path) -> None:
-        """Write the pairs as JSONL (one record per line), the format ``load`` reads."""
+        """Write the pairs as JSONL (one record per line), the format ``load`` reads, atomically."""
         lines = [json.dumps(record, ensure_ascii=False) for record in self.to_records()]
-        Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
+        atomic_write(path, "\n".join(lines) + "\n")
 
     def tokenize(self, tokenizer: Any) -> TokenizedPairs:
         """Tokenize and check every pair for ``tokenizer``; raise ``PromptError`` naming the pair at fault."""

@@ -18,8 +18,8 @@ import torch
 
 from .components import SITE_OF_KIND, SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
-from .errors import PromptError, SettingsError
-from .metrics import AnswerReader, RunStats, check_metric, raw_effects
+from .errors import DeviceMemoryError, PromptError, SettingsError
+from .metrics import AnswerReader, RunStats, check_metric, raw_effects, warn_if_at_chance
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
@@ -28,6 +28,9 @@ DIRECTIONS = ("denoise", "noise")
 Pairs = Union[PromptPairs, TokenizedPairs]
 # Activation memory one patched forward pass may use when the caller does not size batches.
 DEFAULT_BATCH_BYTES = 512 * 2**20
+# What a forward pass raises when the device runs out of memory: torch.OutOfMemoryError since torch 2.5, with
+# torch.cuda.OutOfMemoryError an alias of it; before, only the latter.
+OUT_OF_MEMORY: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
 @contextlib.contextmanager
@@ -264,6 +267,13 @@ def patch(
     corrupted activations into the clean run. ``window=k`` restores ``k`` adjacent layers together
     (sliding-window patching). All three metrics come from the same runs: ``result.with_metric(...)``.
     ``progress(done, total)`` is called after each batched forward pass, counting patched runs.
+
+    Rows per forward pass follow ``batch_size`` (default: sized to ~512 MiB of activations); when the device
+    runs out of memory the pass is retried with half the rows, down to one, and ``settings["rows_per_pass"]``
+    records the size that fit. Batch size never changes the numbers beyond float rounding. On CPU the same
+    inputs and ``seed`` give bit-identical results. The model runs in its own dtype but the metrics are
+    computed in float32; see ``interp_tests.metrics`` for how far float16/bfloat16 sweeps move. The model's
+    clean accuracy on the pairs is checked first: at chance, the sweep warns (``InterpWarning``).
     """
     check_metric(metric)
     _check_choice("direction", direction, DIRECTIONS)
@@ -286,10 +296,14 @@ def patch(
         cache.update(target_cache)
         clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
         reader.set_clean(clean_logits)
+        warn_if_at_chance(*reader.accuracy(clean_logits))
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
+        target_stats = corrupt_stats if direction == "denoise" else clean_stats
         rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
-        patched = _patched_stats(model, tokens, grid, target, cache, prefix, reader, corrupt_stats, rows_per_pass, progress)
+        patched, rows_per_pass = _patched_stats(
+            model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress
+        )
     effects = {
         name: value.T.reshape(tokens.n, *grid.shape).numpy() for name, value in raw_effects(patched, corrupt_stats).items()
     }
@@ -305,6 +319,7 @@ def patch(
         "window": window,
         "seed": seed,
         "method": "exact",
+        "rows_per_pass": rows_per_pass,
         "clean": _summary(clean_stats),
         "corrupted": _summary(corrupt_stats),
     }
@@ -338,11 +353,13 @@ def _patched_stats(
     unpatched: RunStats,
     rows_per_pass: int,
     progress: Callable[[int, int], None] | None,
-) -> RunStats:
-    """Stats of every (component, prompt) patched run, as fields shaped [components, prompts].
+) -> tuple[RunStats, int]:
+    """Stats of every (component, prompt) patched run, as fields shaped [components, prompts], and the
+    rows per forward pass that fit in device memory.
 
     Runs are grouped by the first layer they patch and resume there from the target run's cache; a
     component that lies wholly inside the shared prefix changes nothing and keeps the unpatched stats.
+    A pass that runs out of device memory is retried with half its rows, down to one row.
     """
     cells = grid.cells()
     sites = [grid.sites(cell) for cell in cells]
@@ -356,13 +373,21 @@ def _patched_stats(
     total = sum(len(rows) for rows in by_layer.values())
     done = 0
     for layer, rows in sorted(by_layer.items()):
-        for begin in range(0, len(rows), rows_per_pass):
+        begin = 0
+        while begin < len(rows):
             chunk = rows[begin : begin + rows_per_pass]
             prompts = [p for _, p in chunk]
-            logits, _ = run(
-                model, tokens, target, prompts, row_sites=[sites[c] for c, _ in chunk], cache=cache,
-                prefix=prefix, resume_at=layer,
-            )
+            try:
+                logits, _ = run(
+                    model, tokens, target, prompts, row_sites=[sites[c] for c, _ in chunk], cache=cache,
+                    prefix=prefix, resume_at=layer,
+                )
+            except OUT_OF_MEMORY:
+                logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
+            if logits is None:
+                rows_per_pass = _halve_after_out_of_memory(model, tokens, len(chunk))
+                continue
+            begin += len(chunk)
             stats = reader.stats(logits, torch.tensor(prompts))
             cell_index, prompt_index = torch.tensor([c for c, _ in chunk]), torch.tensor(prompts)
             for f in fields:
@@ -370,4 +395,18 @@ def _patched_stats(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-    return RunStats(**out)
+    return RunStats(**out), rows_per_pass
+
+
+def _halve_after_out_of_memory(model: PatchableModel, tokens: TokenizedPairs, rows: int) -> int:
+    """Rows per pass after a pass of ``rows`` rows ran out of device memory; an error when it was one row."""
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if rows <= 1:
+        raise DeviceMemoryError(
+            f"The {model.device} device ran out of memory on a single patched run (one row per forward pass): "
+            f"the model {model.name!r} and prompts of {tokens.seq_len} tokens do not fit. Use a device with "
+            "more memory, shorter prompts, or a half-precision copy of the model (load it with "
+            "dtype=torch.bfloat16 and pass it to load_model), or run on device='cpu'."
+        )
+    return rows // 2

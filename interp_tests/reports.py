@@ -7,22 +7,21 @@ drawing a report never changes the backend of the process that asked for it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import io
 import json
 import math
 import os
 import re
-import tempfile
 import textwrap
 import warnings
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import InterpError
+from .errors import PlotsUnavailableError
+from .files import atomic_write
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,10 +43,6 @@ MAX_TICKS = 24
 PANELS_PER_ROW = 6
 
 
-class PlotsUnavailableError(InterpError):
-    """matplotlib (the ``plots`` extra) is not installed, so no PNG can be drawn."""
-
-
 def require_matplotlib() -> None:
     """Raise ``PlotsUnavailableError`` unless matplotlib can be imported (check before a long sweep)."""
     try:
@@ -57,30 +52,6 @@ def require_matplotlib() -> None:
             "Heatmaps need matplotlib, which is not installed. Install the plots extra: "
             "pip install 'interp-tests[plots]'."
         ) from None
-
-
-# -- atomic files ------------------------------------------------------------------------------------
-def _write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Readers (a CI artifact upload, a watching notebook) never see a half-written report.
-
-    Writes a temporary file beside ``path``, fsyncs it and renames it over ``path``; on failure the
-    temporary file is removed and any existing ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o644)  # mkstemp's 0600 would hide shared reports from other users
-        os.replace(handle.name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
-    return path
 
 
 def slugify(name: str) -> str:
@@ -106,6 +77,13 @@ def _json_grid(values: np.ndarray) -> Any:
     if values.ndim == 0:
         return _json_number(values)
     return [_json_grid(row) for row in values]
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy values in settings become numbers; anything else unknown (a callable corruption) its text."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    return str(value)
 
 
 def report_data(result: PatchResult, *, sd: float = 2.0, top: int = 10) -> dict[str, Any]:
@@ -135,8 +113,8 @@ def report_data(result: PatchResult, *, sd: float = 2.0, top: int = 10) -> dict[
 
 def result_json(result: PatchResult, path: str | os.PathLike, *, sd: float = 2.0, top: int = 10) -> Path:
     """Write ``report_data(result)`` as JSON to ``path``, atomically; returns the path."""
-    text = json.dumps(report_data(result, sd=sd, top=top), indent=1, allow_nan=False) + "\n"
-    return _write_atomically(path, lambda handle: handle.write(text.encode("utf-8")))
+    text = json.dumps(report_data(result, sd=sd, top=top), indent=1, allow_nan=False, default=_jsonable) + "\n"
+    return atomic_write(path, text)
 
 
 # -- heatmaps ----------------------------------------------------------------------------------------
@@ -250,14 +228,19 @@ def heatmap(result: PatchResult, path: str | os.PathLike, *, sd: float = 2.0, ti
         rows = math.ceil(n_pos / columns)
         panel_w, panel_h = _clamp(0.35 * n_heads + 0.9, 1.8, 5), _clamp(0.3 * n_layers + 0.9, 1.6, 5)
         figure = Figure(figsize=(columns * panel_w + 1.5, rows * panel_h + 1.3), layout="constrained")
-        grid_axes = figure.subplots(rows, columns, squeeze=False, sharex=True, sharey=True)
+        grid_axes = figure.subplots(rows, columns, squeeze=False)
         for pos, ax in enumerate(grid_axes.flat):
             if pos >= n_pos:
                 ax.set_visible(False)
                 continue
             image = _draw_matrix(ax, values[:, pos, :], detected[:, pos, :], norm, xlabel="head", annotate=False)
             ax.set_title(f"position {pos}", fontsize=9)
-            ax.label_outer()
+            if pos + columns < n_pos:  # another panel below: the axis is labelled there
+                ax.set_xlabel("")
+                ax.tick_params(labelbottom=False)
+            if pos % columns:
+                ax.set_ylabel("")
+                ax.tick_params(labelleft=False)
         figure.colorbar(image, ax=grid_axes, label=_metric_label(result.metric), shrink=0.9)
     else:
         xlabel = "head" if axes == ("layer", "head") else "position"
@@ -269,8 +252,9 @@ def heatmap(result: PatchResult, path: str | os.PathLike, *, sd: float = 2.0, ti
         image = _draw_matrix(ax, values, detected, norm, xlabel=xlabel, annotate=values.size <= MAX_ANNOTATED_CELLS)
         figure.colorbar(image, ax=ax, label=_metric_label(result.metric))
     figure.suptitle(_caption(result, sd, title), fontsize=9)
-    canvas = FigureCanvasAgg(figure)
-    return _write_atomically(path, lambda handle: canvas.print_png(handle))
+    png = io.BytesIO()
+    FigureCanvasAgg(figure).print_png(png)
+    return atomic_write(path, png.getvalue())
 
 
 # -- both --------------------------------------------------------------------------------------------

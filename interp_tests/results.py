@@ -6,6 +6,7 @@ metric, summing over sliding windows or resampling prompts never needs the model
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -13,19 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from .claims import Claims
+from .claims import Claims, signed
 from .components import ComponentGrid, make_grid
 from .errors import ResultFileError, SettingsError
+from .files import atomic_write
 from .metrics import MIN_LOGIT_DIFF_GAP, check_denominator, check_metric
 
-SIGNS = ("positive", "negative", "both")
 FORMAT_VERSION = 1
-
-
-def _check_sign(sign: str) -> str:
-    if sign not in SIGNS:
-        raise SettingsError(f"sign={sign!r}: use 'positive', 'negative' or 'both'.")
-    return sign
 
 
 class PatchResult(Claims):
@@ -141,18 +136,15 @@ class PatchResult(Claims):
         Ordered from the strongest; ``sign`` selects effects above (positive), below (negative) or
         either side of the mean.
         """
-        _check_sign(sign)
-        z = self.zscores.reshape(-1)
-        score = {"positive": z, "negative": -z, "both": np.abs(z)}[sign]
+        score = signed(self.zscores.reshape(-1), sign)
         order = np.argsort(-score, kind="stable")
         labels = self.labels
         return [labels[i] for i in order if score[i] >= sd]
 
     def top(self, k: int = 10, sign: str = "positive") -> list[tuple[str, float]]:
         """The ``k`` components with the largest (or most negative, or largest absolute) mean effects."""
-        _check_sign(sign)
         flat = self.mean.reshape(-1)
-        score = {"positive": flat, "negative": -flat, "both": np.abs(flat)}[sign]
+        score = signed(flat, sign)
         order = np.argsort(-score, kind="stable")[:k]
         labels = self.labels
         return [(labels[i], float(flat[i])) for i in order]
@@ -181,11 +173,11 @@ class PatchResult(Claims):
         keys = ("model", "component", "positions", "corruption", "metric", "direction", "window", "n_prompts", "seed")
         return ", ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
 
-    def table(self, k: int = 10) -> str:
-        """A ranked text table of the top components with effects and z-scores."""
+    def table(self, k: int = 10, sign: str = "positive") -> str:
+        """A ranked text table of the ``k`` top components (as ``top`` ranks them), with effects and z-scores."""
         z = self.zscores.reshape(-1)
         rows = [f"{'rank':>4}  {'component':<12}{'effect':>10}{'z':>8}"]
-        for rank, (label, value) in enumerate(self.top(k), start=1):
+        for rank, (label, value) in enumerate(self.top(k, sign), start=1):
             rows.append(f"{rank:>4}  {label:<12}{value:>10.4f}{z[self._flat_index(label)]:>8.2f}")
         return "\n".join(rows)
 
@@ -193,12 +185,17 @@ class PatchResult(Claims):
         return f"PatchResult({self.describe_settings()}, shape={self.shape})"
 
     # -- persistence -----------------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """Save losslessly as ``.npz`` (arrays plus JSON metadata: settings, grid, format version)."""
+    def to_bytes(self) -> bytes:
+        """The lossless ``.npz`` form (arrays plus JSON metadata: settings, grid, format version) that ``load`` reads."""
         meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "grid": asdict(self.grid), "settings": self.settings}
         arrays = {f"effects_{k}": v for k, v in self.effects.items()}
-        with open(path, "wb") as handle:
-            np.savez(handle, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted, meta=np.array(json.dumps(meta)), **arrays)
+        buffer = io.BytesIO()
+        np.savez(buffer, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted, meta=np.array(json.dumps(meta)), **arrays)
+        return buffer.getvalue()
+
+    def save(self, path: str | Path) -> None:
+        """Save losslessly as ``.npz``, atomically (``files.atomic_write``)."""
+        atomic_write(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | Path) -> PatchResult:

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.stats
 
+from .claims import check_sign
 from .errors import ComponentError, MetricError, SettingsError, did_you_mean
 from .metrics import MIN_LOGIT_DIFF_GAP
-from .results import PatchResult, _check_sign
+from .results import PatchResult
 
 CORRECTIONS = ("holm", "fdr_bh")
 TESTS = ("t", "wilcoxon")
@@ -71,7 +72,7 @@ class Bootstrap:
 
     def detection_rate(self, label: str, sign: str = "positive") -> float:
         """Share of resamples in which ``label`` is detected with ``sign`` (``"both"``: either side)."""
-        _check_sign(sign)
+        check_sign(sign)
         i = _index(self.labels, label)
         rate = {"positive": self.detection_positive, "negative": self.detection_negative}
         if sign == "both":
@@ -115,6 +116,8 @@ def bootstrap(
         raise SettingsError(f"n_resamples={n_resamples!r} must be an integer >= 2.")
     if not 0 < confidence < 1:
         raise SettingsError(f"confidence={confidence!r} must lie strictly between 0 and 1 (e.g. 0.95).")
+    if not sd > 0:
+        raise SettingsError(f"sd={sd!r} must be positive (the paper detects at 2 SDs).")
     n = result.n_prompts
     idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
     counts = np.zeros((n_resamples, n))
@@ -126,7 +129,9 @@ def bootstrap(
         valid = np.abs(gaps) > MIN_LOGIT_DIFF_GAP
         n_degenerate = int((~valid).sum())
         if not valid.any():
-            raise MetricError("Every bootstrap resample has a logit-difference denominator of ~0; use metric='prob' or 'kl'.")
+            raise MetricError(
+                "Every bootstrap resample has a logit-difference denominator of ~0; use metric='prob' or 'kl'."
+            )
         means = means[valid] / gaps[valid, None]
     centred = means - means.mean(axis=1, keepdims=True)
     spread = means.std(axis=1, keepdims=True)
@@ -243,7 +248,9 @@ def significance(result: PatchResult, *, method: str = "holm", alpha: float = 0.
     dropped = tuple(result.degenerate_prompts) if result.metric == "logit_diff" else ()
     x = np.delete(per_prompt, dropped, axis=0)
     if x.shape[0] < 2:
-        raise MetricError(f"Significance tests need at least 2 usable prompts; {x.shape[0]} remain after dropping {list(dropped)}.")
+        raise MetricError(
+            f"Significance tests need at least 2 usable prompts; {x.shape[0]} remain after dropping {list(dropped)}."
+        )
     zero = np.all(x == 0, axis=0)
     t_stat, t_p = np.zeros(x.shape[1]), np.ones(x.shape[1])
     w_stat, w_p = np.zeros(x.shape[1]), np.ones(x.shape[1])
@@ -336,7 +343,9 @@ def agreement(a: PatchResult, b: PatchResult, *, sd: float = 2.0, sign: str = "p
     )
 
 
-def detected_in_at_least(results: Sequence[PatchResult], m: int, *, sd: float = 2.0, sign: str = "positive") -> list[str]:
+def detected_in_at_least(
+    results: Sequence[PatchResult], m: int, *, sd: float = 2.0, sign: str = "positive"
+) -> list[str]:
     """Components detected in at least ``m`` of ``results``, the most often detected first."""
     results = list(results)
     if not results:

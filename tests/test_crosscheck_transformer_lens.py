@@ -9,6 +9,7 @@ TransformerLens' grid to 1e-4.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("transformer_lens", reason="the cross-check needs TransformerLens 4.x (pip install transformer-lens)")
+pytest.importorskip(
+    "transformer_lens", reason="the cross-check needs TransformerLens 4.x (pip install 'transformer-lens>=4,<5')"
+)
 
 from interp_tests import load_model, patch  # noqa: E402
 from interp_tests.pairs import PromptPairs, TokenizedPairs  # noqa: E402
@@ -42,12 +45,18 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Setup:
-    hf, tokenizer = tiny_gpt2(N_LAYERS, N_HEADS, 64, seed=0)
-    pairs = orient_answers(hf, tokenizer, ioi_pairs(8, seed=0))
-    directory = save_model(hf, tokenizer, tmp_path_factory.mktemp("tiny_gpt2"))
-    model = load_model(directory, device="cpu")
-    return Setup(model, boot_transformer_lens(directory), pairs, pairs.tokenize(model.tokenizer))
+def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    # One thread: the model is tiny, and on a busy shared CPU extra threads only oversubscribe it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        hf, tokenizer = tiny_gpt2(N_LAYERS, N_HEADS, 64, seed=0)
+        pairs = orient_answers(hf, tokenizer, ioi_pairs(8, seed=0))
+        directory = save_model(hf, tokenizer, tmp_path_factory.mktemp("tiny_gpt2"))
+        model = load_model(directory, device="cpu")
+        yield Setup(model, boot_transformer_lens(directory), pairs, pairs.tokenize(model.tokenizer))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +68,9 @@ def results(setup: Setup) -> dict[tuple[str, str], Any]:
 def sweep(setup: Setup, results: dict, component: str, positions: str) -> Any:
     key = (component, positions)
     if key not in results:
-        results[key] = patch(setup.model, setup.pairs, component, corruption="str", metric="logit_diff", positions=positions)
+        results[key] = patch(
+            setup.model, setup.pairs, component, corruption="str", metric="logit_diff", positions=positions
+        )
     return results[key]
 
 
@@ -135,7 +146,12 @@ def test_head_metrics_match_transformer_lens(setup: Setup, results: dict, metric
 
 @pytest.mark.parametrize("component, positions", [("attn_head", "all"), ("mlp", "each")])
 def test_noising_matches_transformer_lens(setup: Setup, component: str, positions: str) -> None:
-    result = patch(setup.model, setup.pairs, component, corruption="str", metric="logit_diff", positions=positions, direction="noise")
-    reference = transformer_lens_effects(setup.bridge, setup.tokens, component, positions, "logit_diff", direction="noise")
+    result = patch(
+        setup.model, setup.pairs, component, corruption="str", metric="logit_diff", positions=positions,
+        direction="noise",
+    )
+    reference = transformer_lens_effects(
+        setup.bridge, setup.tokens, component, positions, "logit_diff", direction="noise"
+    )
     assert np.abs(reference).max() > 0.05
     assert_agrees(result.mean, reference, f"{component} positions={positions} noising")

@@ -112,8 +112,8 @@ def docstring_documents(count: int, seed: int) -> list[str]:
         params = rng.sample(train_words, rng.randint(2, 6))
         others = [w for w in WORDS if w not in params]
         function = rng.choice(others)
-        summary = rng.sample(others, rng.randint(1, 4))
-        notes = [rng.sample(others, rng.randint(1, 3)) for _ in params]
+        summary = rng.sample(others, rng.randint(1, 3))
+        notes = [rng.sample(others, rng.randint(1, 2)) for _ in params]
         documents.append(complete(function, params, summary, notes))
     return documents
 
@@ -131,13 +131,13 @@ def induction_documents(count: int, seed: int) -> list[str]:
 
 # Documents per source, before scaling.
 MIXTURE: dict[str, tuple[int, Callable[[int, int], list[str]]]] = {
-    "ioi": (80_000, ioi_documents),
-    "greater_than": (40_000, greater_than_documents),
-    "docstring": (40_000, docstring_documents),
-    "induction": (40_000, induction_documents),
-    "stories": (80_000, stories),
+    "ioi": (60_000, ioi_documents),
+    "greater_than": (20_000, greater_than_documents),
+    "docstring": (24_000, docstring_documents),
+    "induction": (100_000, induction_documents),
+    "stories": (48_000, stories),
 }
-FACT_REPEATS = 60
+FACT_REPEATS = 80
 
 
 def training_documents(seed: int, scale: float = 1.0) -> dict[str, list[str]]:

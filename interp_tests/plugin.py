@@ -1,0 +1,242 @@
+"""The interp-tests pytest plugin: options, markers, YAML claim collection and the claims summary.
+
+pytest loads it through the ``pytest11`` entry point. This module and what it imports at startup
+stay free of torch, transformers and nnsight, which load when a claim first needs a model, so suites
+that never patch a model pay nothing for having interp-tests installed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import fixtures
+from .fixtures import RECORD_KEY, SESSION_KEY, InterpOptions, InterpSession, record_of
+
+DEVICES = ("cpu", "cuda", "auto")
+DEFAULT_YAML_PATTERNS = ["hypotheses/**/*.yaml", "hypotheses/**/*.yml", "test_*.yaml", "test_*.yml"]
+PROPERTY = "interp"
+MARKERS = (
+    "interp_model(name): the model an interp test runs on: 'organism', a model directory (relative to the "
+    "test file) or a hub id; used by the interp_model, interp_pairs and interp_sweep fixtures.",
+    "interp_task(name, n=..., seed=..., **options) or interp_task(file='pairs.jsonl'): the prompt pairs an "
+    "interp test runs on; used by the interp_pairs and interp_sweep fixtures.",
+)
+_PATTERNS = pytest.StashKey[list]()
+
+
+def _add(
+    parser: pytest.Parser, flag: str, help: str, *, ini_type: str = "string", ini_default: Any = None, **kwargs: Any
+) -> None:
+    """An option that is also an ini key of the same name (``--interp-model`` and ``interp_model``)."""
+    name = flag[2:].replace("-", "_")
+    group = parser.getgroup("interp", "interp-tests (activation-patching claims)")
+    group.addoption(flag, dest=name, default=None, help=help, **kwargs)
+    parser.addini(name, f"{help} (the command line wins)", type=ini_type, default=ini_default)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    _add(parser, "--interp-model", "run every interp claim on this model instead of the one it names", metavar="MODEL")
+    _add(parser, "--interp-device", "device for interp models: cpu, cuda or auto (cuda when available; default)",
+         ini_default="auto", choices=DEVICES)
+    _add(parser, "--interp-n-prompts", "override n, the number of prompt pairs, of every interp task", type=int,
+         metavar="N")
+    _add(parser, "--interp-seed", "override the seed of every interp claim: its task's prompt sampling and its "
+         "Gaussian-noise draw", type=int, metavar="SEED")
+    _add(parser, "--interp-report-dir", "write a report (figures and tables) of every interp sweep into this directory",
+         metavar="DIR")
+    _add(parser, "--interp-cache", "reuse patching sweeps cached on disk (default)", ini_type="bool", ini_default=True,
+         action="store_true")
+    parser.getgroup("interp").addoption("--interp-no-cache", dest="interp_cache", action="store_false", default=None,
+                                        help="recompute every patching sweep and leave the disk cache alone")
+    _add(parser, "--interp-cache-dir", "directory of the sweep cache (default: .interp_cache in the rootdir)",
+         metavar="DIR")
+    _add(parser, "--interp-update-baselines", "write the regression baselines of interp claims instead of comparing "
+         "with them (review the diff, then commit)", ini_type="bool", ini_default=False, action="store_true")
+    _add(parser, "--interp-remote", "execute models remotely on NDIF through nnsight, for models too large for this "
+         "machine; needs an NDIF API key (NDIF_API_KEY or nnsight's config) and network access. Not supported by the "
+         "patching engine yet: claims that load a model fail with an explanation", ini_type="bool", ini_default=False,
+         action="store_true")
+    parser.addini("interp_yaml_patterns", "glob patterns of YAML claims files, matched against paths relative to the "
+                  "rootdir ('**/' spans directories)", type="linelist", default=DEFAULT_YAML_PATTERNS)
+
+
+def _setting(config: pytest.Config, name: str) -> Any:
+    value = config.getoption(name)
+    if value is None:
+        value = config.getini(name)
+    return None if value == "" else value
+
+
+def _path_setting(config: pytest.Config, name: str) -> Path | None:
+    """A path from the command line (relative to the invocation dir) or ini (relative to the ini file)."""
+    value = config.getoption(name)
+    base = config.invocation_params.dir
+    if value is None:
+        value = config.getini(name) or None
+        base = config.inipath.parent if config.inipath else config.rootpath
+    return None if value is None else base / Path(value).expanduser()
+
+
+def _model_setting(config: pytest.Config) -> str | None:
+    """``--interp-model``: a path when one exists relative to where it was given, else a name or hub id."""
+    path = _path_setting(config, "interp_model")
+    if path is None:
+        return None
+    return str(path.resolve()) if path.exists() else _setting(config, "interp_model")
+
+
+def _int_setting(config: pytest.Config, name: str, minimum: int | None) -> int | None:
+    value = _setting(config, name)
+    if value is None:
+        return None
+    try:
+        number = int(value)
+    except ValueError:
+        raise pytest.UsageError(f"{name} = {value!r} is not an integer.") from None
+    if minimum is not None and number < minimum:
+        raise pytest.UsageError(f"{name} = {number} must be at least {minimum}.")
+    return number
+
+
+def read_options(config: pytest.Config) -> InterpOptions:
+    device = _setting(config, "interp_device") or "auto"
+    if device not in DEVICES:
+        raise pytest.UsageError(f"interp_device = {device!r}: use one of {', '.join(DEVICES)}.")
+    return InterpOptions(
+        model=_model_setting(config),
+        device=device,
+        n_prompts=_int_setting(config, "interp_n_prompts", minimum=1),
+        seed=_int_setting(config, "interp_seed", minimum=None),
+        report_dir=_path_setting(config, "interp_report_dir"),
+        cache=bool(_setting(config, "interp_cache")),
+        cache_dir=_path_setting(config, "interp_cache_dir") or config.rootpath / ".interp_cache",
+        update_baselines=bool(_setting(config, "interp_update_baselines")),
+        remote=bool(_setting(config, "interp_remote")),
+    )
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """A path glob as a regex matched at a directory boundary: '*' stays in a directory, '**/' spans them."""
+    parts = re.split(r"(\*\*/|\*|\?)", pattern)
+    body = "".join({"**/": "(?:[^/]*/)*", "*": "[^/]*", "?": "[^/]"}.get(part, re.escape(part)) for part in parts)
+    return re.compile(f"(?:^|/){body}$")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in MARKERS:
+        config.addinivalue_line("markers", marker)
+    config.pluginmanager.register(fixtures, "interp_tests.fixtures")
+    config.stash[SESSION_KEY] = InterpSession(read_options(config))
+    config.stash[_PATTERNS] = [_glob_regex(p) for p in config.getini("interp_yaml_patterns")]
+    config.pluginmanager.register(ClaimsSummary(config), "interp_tests.summary")
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    try:
+        relative = file_path.relative_to(parent.config.rootpath).as_posix()
+    except ValueError:
+        relative = file_path.as_posix()
+    if not any(pattern.search(relative) for pattern in parent.config.stash[_PATTERNS]):
+        return None
+    from .yaml_claims import ClaimsFile
+
+    return ClaimsFile.from_parent(parent, path=file_path)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("interp_model") or item.get_closest_marker("interp_task"):
+        record_of(item)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    """Collect the claims a test checks, for the summary (only tests that use interp-tests)."""
+    record = item.stash.get(RECORD_KEY, None)
+    if record is None:
+        yield
+        return
+    from .claims import recording_claims
+
+    with recording_claims() as outcomes:
+        yield
+    record.claims.extend((o.claim, o.figure, o.passed) for o in outcomes)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
+    """Attach the record as a user property: it reaches the xdist controller with the report."""
+    record = item.stash.get(RECORD_KEY, None)
+    if record is not None:
+        item.user_properties[:] = [p for p in item.user_properties if p[0] != PROPERTY]
+        item.user_properties.append((PROPERTY, json.dumps(asdict(record))))
+
+
+@dataclass
+class _Row:
+    nodeid: str
+    outcome: str
+    figure: str
+    sweeps: list[str]
+
+
+class ClaimsSummary:
+    """Gathers interp test outcomes from reports (local or from xdist workers) and prints the claims table."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.rows: dict[str, _Row] = {}
+        self.notes: dict[str, None] = {}
+        self.reports: list[str] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        raw = dict(report.user_properties).get(PROPERTY)
+        if raw is None or (report.when != "call" and report.passed):
+            return
+        record = json.loads(raw)
+        if report.when == "call" and hasattr(report, "wasxfail"):
+            outcome = "xpassed" if report.passed else "xfailed"
+        elif report.when != "call" and report.failed:
+            outcome = "error"
+        else:
+            outcome = report.outcome
+        claims = record["claims"]
+        failed = [figure for _, figure, passed in claims if not passed]
+        if report.skipped and isinstance(report.longrepr, tuple):
+            figure = report.longrepr[2].removeprefix("Skipped: ").splitlines()[0]
+        else:
+            figure = "; ".join([*(failed or [figure for _, figure, _ in claims]), *record["figures"]]) or "-"
+        self.rows[report.nodeid] = _Row(report.nodeid, outcome, figure, record["sweeps"])
+        self.notes.update(dict.fromkeys(record["notes"]))
+        self.reports.extend(r for r in record["reports"] if r not in self.reports)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.rows:
+            return
+        write = terminalreporter.write_line
+        terminalreporter.write_sep("=", "interp claims")
+        figure_width = min(48, max(len("figure"), *(len(r.figure) for r in self.rows.values())))
+        write(f"{'outcome':<9}{'sweep':<18}{'figure':<{figure_width + 2}}claim")
+        for row in self.rows.values():
+            sweep = "+".join(dict.fromkeys(row.sweeps)) or "-"
+            figure = row.figure if len(row.figure) <= figure_width else row.figure[: figure_width - 3] + "..."
+            write(f"{row.outcome:<9}{sweep:<18}{figure:<{figure_width + 2}}{row.nodeid}")
+        counts = Counter(status for row in self.rows.values() for status in row.sweeps)
+        if counts:
+            options = self.config.stash[SESSION_KEY].options
+            where = f"cache: {options.cache_dir}" if options.cache else "disk cache off"
+            write(f"sweeps: {counts['computed']} computed, {counts['cached']} from the cache, "
+                  f"{counts['reused']} reused within the session ({where})")
+        if self.reports:
+            write(f"reports: {len(self.reports)} files in {self.config.stash[SESSION_KEY].options.report_dir}")
+        for note in self.notes:
+            write(f"note: {note}")

@@ -1,0 +1,782 @@
+"""YAML claims: localization claims written as data and collected by pytest.
+
+pytest collects every YAML file under a directory named ``hypotheses`` and ``test_*.yaml`` files
+elsewhere (the ini option ``interp_yaml_patterns`` changes this). Each claim becomes one test named
+after it. A file with mistakes becomes one failed test per mistake, naming the file, the line and the
+fix; the session goes on. Claims map to library calls (no generated code): the sweep runs through the
+same cached machinery as the ``interp_sweep`` fixture, so claims that share sweep settings share one
+sweep, and an unchanged claim re-runs from the cache without a forward pass.
+
+Schema::
+
+    model: organism          # "organism", a model directory (relative to this file), a llama2.c
+                             # checkpoint, or a hub id; required unless every claim has one.
+                             # --interp-model overrides it.
+    task: {name: ioi, n: 64, seed: 0, corrupt: S2}
+                             # a registered task: name, n, seed, and the task's own options (here
+                             # corrupt); or {file: pairs.jsonl, n: 32}: a .jsonl/.yaml pairs file
+                             # relative to this file (n takes its first n pairs). Required unless every
+                             # claim has one. --interp-n-prompts and --interp-seed override n and seed.
+    claims:                  # required: a non-empty list
+      - name: name mover 3.1 is detected    # required, unique in the file: the test's name
+        model: ...           # optional: replaces the file's model for this claim
+        task: {...}          # optional: replaces the file's task for this claim
+        sweep:               # optional: patch() settings, defaults shown
+          component: attn_head   # attn_head | attn | mlp | resid
+          corruption: str        # str (symmetric token replacement) | gn (Gaussian noise)
+          metric: logit_diff     # logit_diff | prob | kl
+          positions: all         # all | each | a token index | last | a span name of the task
+          window: 1              # adjacent layers restored together (attn and mlp only)
+          direction: denoise     # denoise | noise
+          seed: 0                # Gaussian-noise seed
+          noise_scale: 3.0       # Gaussian-noise scale, in SDs of the token embeddings
+          batch_size: null       # rows per forward pass: memory only, never the numbers
+        robust:              # optional: the robustness grid that expect's `robust` checks, defaults
+                             # shown; its other settings (component, positions, ...) are sweep's
+          corruptions: [str, gn]
+          metrics: [logit_diff, prob, kl]
+          corrupt_tokens: null   # e.g. [S2, ABC]: one sweep per choice of the task's `corrupt`
+                                 # option (registered tasks only)
+        expect:              # required: at least one of detected, not_detected, negative, top_k,
+                             # peak, baseline, stable, agree_with, robust
+          detected: ["3.1"]      # each is at least sd SDs from the mean effect, on sign's side
+          not_detected: ["3.2"]  # none is (under metric prob a passing claim warns: probability
+                                 # cannot see negative components)
+          negative: ["3.2"]      # each is at least sd SDs below the mean
+          sign: positive         # positive | negative | both: the side for detected, not_detected,
+                                 # stable, agree_with and robust
+          sd: 2                  # the threshold in SDs over components (default 2)
+          top_k: {labels: ["3.1"], k: 3}    # each is among the k largest mean effects
+          peak: {layers: [2, 5]}            # the layer of the largest effect (max over positions
+                                            # and heads) is in 2..4: half-open, like range
+          baseline: {name: heads, atol: 0.01}   # every effect within atol of the baseline
+                             # __baselines__/<file stem>/<name>.json (name defaults to the claim's);
+                             # --interp-update-baselines writes it
+          stable: ["3.1"]        # each is detected in at least min_detection_rate of 1000 bootstrap
+          min_detection_rate: 0.9   # resamples of the prompts (default 0.9)
+          agree_with: {metric: prob}   # another sweep: these sweep keys over this claim's sweep.
+          min_spearman: 0.5      # The two effect maps' rank correlations and the Jaccard overlap of
+          min_kendall: 0.4       # their detected sets are at least these (give one or more)
+          min_jaccard: 0.5
+          robust: ["3.1"]        # each is detected in at least at_least settings of the grid
+          at_least: 4            # (default: all of them; a setting whose metric cannot be computed
+                                 # counts as not detected)
+
+A Gaussian-noise sweep (``corruption: gn``, in ``sweep`` or ``robust``) that pushes the residual stream
+off its clean distribution warns with the layers and norms (Zhang & Nanda 2024, section 3.2). A sweep
+with ``window`` > 1 over mlp or attn also runs the single-layer sweep and reports its summed effects next
+to the joint ones: the peak ratio is in the claims summary and in any failure (section 5).
+
+Component labels are strings: quote them (``"3.1"``), since YAML reads ``9.10`` unquoted as the number
+9.1. A collected YAML file holding prompt pairs (a list of records, or a mapping with ``pairs:`` and
+no ``claims:``) is not a claims file and is skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import yaml
+
+from .claims import SIGNS
+from .errors import InterpError, did_you_mean
+from .fixtures import ItemRecord, record_of, session_of
+from .specs import TaskSpec
+
+if TYPE_CHECKING:
+    from _pytest._code.code import ExceptionInfo, TerminalRepr
+
+    from .results import PatchResult
+    from .robustness import Grid
+
+TOP_KEYS = ("model", "task", "claims")
+CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "expect")
+TASK_FILE_KEYS = ("file", "n")
+SWEEP_KEYS = (
+    "component", "corruption", "metric", "positions", "window", "direction", "seed", "noise_scale", "batch_size",
+)
+ROBUST_KEYS = ("corruptions", "metrics", "corrupt_tokens")
+CHECK_KEYS = ("detected", "not_detected", "negative", "top_k", "peak", "baseline", "stable", "agree_with", "robust")
+MINIMUMS = ("min_spearman", "min_kendall", "min_jaccard")
+# Keys that qualify checks, and the checks they qualify.
+APPLIES_TO = {
+    "sign": ("detected", "not_detected", "stable", "agree_with", "robust"),
+    "min_detection_rate": ("stable",),
+    **{key: ("agree_with",) for key in MINIMUMS},
+    "at_least": ("robust",),
+}
+EXPECT_KEYS = (*CHECK_KEYS, "sd", *APPLIES_TO)
+WINDOWED_KINDS = ("mlp", "attn")
+EXAMPLE = "model: organism\ntask: {name: ioi, n: 64}\nclaims:\n  - name: ...\n    expect: {detected: ['9.9']}"
+
+
+# -- loading with line numbers -------------------------------------------------------------------
+
+
+class _Map(dict):
+    """A YAML mapping that remembers its line, each key's line and each scalar value's source text."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.lines: dict[Any, int] = {}
+        self.raw: dict[Any, str | None] = {}
+        self.duplicates: list[tuple[Any, int, int]] = []
+
+
+class _List(list):
+    """A YAML sequence that remembers its line, each item's line and each scalar item's source text."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.lines: list[int] = []
+        self.raw: list[str | None] = []
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A SafeLoader whose mappings and sequences carry 1-based line numbers for error messages."""
+
+
+def _raw(node: yaml.Node) -> str | None:
+    return node.value if isinstance(node, yaml.ScalarNode) else None
+
+
+def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> _Map:
+    loader.flatten_mapping(node)
+    mapping = _Map(node.start_mark.line + 1)
+    for key_node, value_node in node.value:
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a key must be a plain word such as `name`, not a list or mapping", key_node.start_mark
+            )
+        key = loader.construct_object(key_node, deep=True)
+        line = key_node.start_mark.line + 1
+        if key in mapping:
+            mapping.duplicates.append((key, line, mapping.lines[key]))
+        mapping[key] = loader.construct_object(value_node, deep=True)
+        mapping.lines[key] = line
+        mapping.raw[key] = _raw(value_node)
+    return mapping
+
+
+def _construct_list(loader: _LineLoader, node: yaml.SequenceNode) -> _List:
+    sequence = _List(node.start_mark.line + 1)
+    for item in node.value:
+        sequence.append(loader.construct_object(item, deep=True))
+        sequence.lines.append(item.start_mark.line + 1)
+        sequence.raw.append(_raw(item))
+    return sequence
+
+
+_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_list)
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One mistake in a claims file: where, what, and how to fix it."""
+
+    line: int
+    message: str
+    claim: str | None = None
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A claim's checks, each with the line it was written on."""
+
+    detected: list[str] = field(default_factory=list)
+    not_detected: list[str] = field(default_factory=list)
+    negative: list[str] = field(default_factory=list)
+    sign: str = "positive"
+    sd: float = 2.0
+    top_k: tuple[list[str], int] | None = None
+    peak: range | None = None
+    baseline: tuple[str | None, float] | None = None
+    stable: list[str] = field(default_factory=list)
+    min_detection_rate: float = 0.9
+    agree_with: dict[str, Any] | None = None
+    min_spearman: float | None = None
+    min_kendall: float | None = None
+    min_jaccard: float | None = None
+    robust: list[str] = field(default_factory=list)
+    at_least: int | None = None
+    lines: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def needs_sweep(self) -> bool:
+        """Whether a check reads the claim's own sweep (every check but ``robust``, which reads the grid)."""
+        labels = self.detected or self.not_detected or self.negative or self.stable
+        return bool(labels) or any(c is not None for c in (self.top_k, self.peak, self.baseline, self.agree_with))
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One validated claim: everything needed to run it, and the lines to blame when it cannot run."""
+
+    name: str
+    line: int
+    model: str
+    model_line: int
+    task: TaskSpec
+    task_line: int
+    sweep: dict[str, Any]
+    sweep_line: int
+    robust: dict[str, Any]
+    robust_line: int
+    expect: Expectation
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_str(value: Any) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+def _is_positive_int(value: Any) -> bool:
+    return _is_int(value) and value >= 1
+
+
+def _is_non_negative(value: Any) -> bool:
+    return _is_number(value) and value >= 0
+
+
+def _is_share(value: Any) -> bool:
+    return _is_number(value) and 0 <= value <= 1
+
+
+def _is_correlation(value: Any) -> bool:
+    return _is_number(value) and -1 <= value <= 1
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(_is_str(item) for item in value)
+
+
+def _is_layer_range(value: Any) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(_is_int(x) for x in value) and 0 <= value[0] < value[1]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return f"the list {list(value)!r}"
+    if value is None:
+        return "nothing (null)"
+    kind = {str: "the string", bool: "the boolean", int: "the number", float: "the number"}.get(type(value))
+    return f"{kind or type(value).__name__} {value!r}"
+
+
+# What each sweep setting must be (its value is checked by patch() when the claim runs).
+SWEEP_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "component": (_is_str, "a component kind: attn_head, attn, mlp or resid"),
+    "corruption": (_is_str, "a corruption name: str or gn"),
+    "metric": (_is_str, "a metric name: logit_diff, prob or kl"),
+    "positions": (lambda v: _is_str(v) or _is_int(v), "all, each, a token index or a span name"),
+    "window": (_is_positive_int, "a positive integer (e.g. window: 3)"),
+    "direction": (_is_str, "denoise or noise"),
+    "seed": (_is_int, "an integer (e.g. seed: 0)"),
+    "noise_scale": (lambda v: _is_number(v) and v > 0, "a positive number (e.g. noise_scale: 3.0)"),
+    "batch_size": (lambda v: v is None or _is_positive_int(v), "a positive integer, or null to size batches by memory"),
+}
+ROBUST_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "corruptions": (_is_names, "a non-empty list of corruption names (e.g. [str, gn])"),
+    "metrics": (_is_names, "a non-empty list of metric names (e.g. [logit_diff, prob, kl])"),
+    "corrupt_tokens": (lambda v: v is None or _is_names(v), "a non-empty list of the task's corrupt options (e.g. [S2, ABC])"),
+}
+# What each qualifying key of `expect` must be.
+EXPECT_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "sign": (lambda v: v in SIGNS, "positive, negative or both"),
+    "sd": (_is_non_negative, "a number >= 0 (e.g. sd: 2)"),
+    "min_detection_rate": (_is_share, "a share in 0..1 (e.g. min_detection_rate: 0.9)"),
+    "min_spearman": (_is_correlation, "a number in -1..1 (e.g. min_spearman: 0.5)"),
+    "min_kendall": (_is_correlation, "a number in -1..1 (e.g. min_kendall: 0.4)"),
+    "min_jaccard": (_is_share, "a number in 0..1 (e.g. min_jaccard: 0.5)"),
+    "at_least": (_is_positive_int, "a positive integer: in how many of the grid's settings (e.g. at_least: 4)"),
+}
+
+
+class _Checker:
+    """Validates one claims file, collecting every problem instead of stopping at the first.
+
+    Each method returns the validated value, or None when it found a problem (already recorded).
+    ``where`` strings name the place in the file, e.g. "`expect` of claim 'x'".
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.problems: list[Problem] = []
+        self.claim: str | None = None
+
+    def problem(self, line: int, message: str) -> None:
+        self.problems.append(Problem(line, message, self.claim))
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[list[bool]]:
+        """Yields a one-item list that holds True at exit when no problem was added inside the block."""
+        before, clean = len(self.problems), [False]
+        yield clean
+        clean[0] = len(self.problems) == before
+
+    def keys(self, mapping: _Map, where: str, allowed: Sequence[str] | None, required: Sequence[str] = ()) -> None:
+        """Report duplicate, unknown (unless ``allowed`` is None) and missing keys."""
+        for key, line, first in mapping.duplicates:
+            message = f"{where} gives `{key}` twice (first on line {first}); YAML keeps only the last. Remove one."
+            self.problem(line, message)
+        for key in mapping if allowed is not None else ():
+            if key not in allowed:
+                hint = did_you_mean(str(key), allowed)
+                message = f"unknown key `{key}` in {where}.{hint} Allowed keys: {', '.join(allowed)}."
+                self.problem(mapping.lines[key], message)
+        for key in required:
+            if key not in mapping:
+                self.problem(mapping.line, f"{where} lacks the required key `{key}`.")
+
+    def mapping(self, value: Any, line: int, where: str, example: str) -> bool:
+        if isinstance(value, _Map):
+            return True
+        self.problem(line, f"{where} must be a mapping (e.g. {example}), not {_shown(value)}.")
+        return False
+
+    def field(self, mapping: _Map, key: str, where: str, accepts: Callable[[Any], bool], expected: str) -> None:
+        """Report ``mapping[key]``, when given, unless ``accepts`` takes it."""
+        if key in mapping and not accepts(mapping[key]):
+            self.problem(mapping.lines[key], f"`{key}` in {where} must be {expected}, not {_shown(mapping[key])}.")
+
+    def labels(self, mapping: _Map, key: str, where: str) -> list[str] | None:
+        """``mapping[key]`` as a list of component labels; a bare string counts as a list of one."""
+        value, line, what = mapping[key], mapping.lines[key], f"`{key}` in {where}"
+        if isinstance(value, str):
+            return [value]
+        if not isinstance(value, _List) and not _is_number(value):
+            example = '["9.9", "mlp.3"]'
+            self.problem(line, f"{what} must be a list of component labels (e.g. {example}), not {_shown(value)}.")
+            return None
+        items = zip(value, value.raw, value.lines) if isinstance(value, _List) else [(value, mapping.raw[key], line)]
+        with self.counting() as clean:
+            for item, text, item_line in items:
+                if _is_number(item):
+                    self.problem(
+                        item_line,
+                        f"{what} lists {text} unquoted, which YAML reads as the number {item!r}; component labels "
+                        f'are strings. Quote it: "{text}".',
+                    )
+                elif not isinstance(item, str):
+                    self.problem(item_line, f'{what} must list component labels such as "9.9", not {_shown(item)}.')
+            if not value:
+                self.problem(line, f"{what} is empty: list at least one component label, or remove the key.")
+        return list(value) if clean[0] else None
+
+    def task(self, value: Any, line: int, where: str) -> TaskSpec | None:
+        if not self.mapping(value, line, where, "{name: ioi, n: 64} or {file: pairs.jsonl}"):
+            return None
+        if ("name" in value) == ("file" in value):
+            message = f"{where} needs exactly one of `name` (a registered task) or `file` (a pairs file)."
+            self.problem(value.line, message)
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, TASK_FILE_KEYS if "file" in value else None)
+            self.field(value, "n", where, _is_positive_int, "a positive integer")
+            self.field(value, "seed", where, _is_int, "an integer")
+            self.field(value, "name", where, _is_str, "a task name such as ioi")
+            self.field(value, "file", where, _is_str, "a path")
+            if _is_str(value.get("file")) and not _is_file(self.path.parent / value["file"]):
+                self.problem(
+                    value.lines["file"],
+                    f"{where}: no pairs file at {self.path.parent / value['file']}. "
+                    "Paths are relative to this YAML file.",
+                )
+        if not clean[0]:
+            return None
+        if "file" in value:
+            return TaskSpec(file=self.path.parent / value["file"], n=value.get("n"))
+        variant = {k: v for k, v in value.items() if k not in ("name", "n", "seed")}
+        return TaskSpec(name=value["name"], n=value.get("n"), seed=value.get("seed"), variant=variant)
+
+    def sweep(self, value: Any, line: int, where: str) -> dict[str, Any] | None:
+        if not self.mapping(value, line, where, "{component: attn_head, metric: logit_diff}"):
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, SWEEP_KEYS)
+            for key, (accepts, expected) in SWEEP_TYPES.items():
+                self.field(value, key, where, accepts, expected)
+        return {k: v for k, v in value.items() if k in SWEEP_KEYS} if clean[0] else None
+
+    def robust(self, value: Any, line: int, where: str) -> dict[str, Any] | None:
+        value = _Map(line) if value is None else value
+        if not self.mapping(value, line, where, "{corruptions: [str, gn], metrics: [logit_diff, prob]}"):
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, ROBUST_KEYS)
+            for key, (accepts, expected) in ROBUST_TYPES.items():
+                self.field(value, key, where, accepts, expected)
+        return {k: list(v) if isinstance(v, list) else v for k, v in value.items()} if clean[0] else None
+
+    def expect(self, value: Any, line: int, where: str) -> Expectation | None:
+        if not self.mapping(value, line, where, "{detected: ['9.9'], sd: 2}"):
+            return None
+        fields: dict[str, Any] = {"lines": dict(value.lines)}
+        with self.counting() as clean:
+            self.keys(value, where, EXPECT_KEYS)
+            if not any(key in value for key in CHECK_KEYS) and all(key in EXPECT_KEYS for key in value):
+                self.problem(value.line, f"{where} checks nothing: give at least one of {', '.join(CHECK_KEYS)}.")
+            for key in ("detected", "not_detected", "negative", "stable", "robust"):
+                if key in value:
+                    fields[key] = self.labels(value, key, where)
+            for key, (accepts, expected) in EXPECT_TYPES.items():
+                self.field(value, key, where, accepts, expected)
+            for key, checks in APPLIES_TO.items():
+                if key in value and not any(check in value for check in checks):
+                    fix = "use `negative:` for components below the mean" if key == "sign" else f"add `{checks[0]}:`"
+                    names = " and ".join([", ".join(checks[:-1]), checks[-1]] if len(checks) > 1 else checks)
+                    self.problem(
+                        value.lines[key],
+                        f"`{key}` in {where} applies to {names}, and there is none; {fix}, or remove `{key}`.",
+                    )
+            fields.update({key: value[key] for key in EXPECT_TYPES if key in value})
+            for key, check in (("top_k", self._top_k), ("peak", self._peak), ("baseline", self._baseline)):
+                if key in value:
+                    fields[key] = check(value[key], value.lines[key], f"`{key}` in {where}")
+            if "agree_with" in value:
+                agree_line, what = value.lines["agree_with"], f"`agree_with` in {where}"
+                fields["agree_with"] = self.sweep(value["agree_with"], agree_line, what)
+                if not any(key in value for key in MINIMUMS):
+                    minimums = ", ".join(MINIMUMS)
+                    self.problem(agree_line, f"{what} needs a minimum to check: give {minimums} (e.g. min_spearman: 0.5).")
+        return Expectation(**fields) if clean[0] else None
+
+    def _top_k(self, value: Any, line: int, where: str) -> tuple[list[str], int] | None:
+        if not self.mapping(value, line, where, "{labels: ['9.9'], k: 3}"):
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, ("labels", "k"), ("labels", "k"))
+            labels = self.labels(value, "labels", where) if "labels" in value else None
+            self.field(value, "k", where, _is_positive_int, "a positive integer")
+        return (labels, value["k"]) if clean[0] and labels is not None else None
+
+    def _peak(self, value: Any, line: int, where: str) -> range | None:
+        if not self.mapping(value, line, where, "{layers: [2, 5]}"):
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, ("layers",), ("layers",))
+            expected = "[first, end] with 0 <= first < end, half-open like range ([2, 5] means layers 2, 3 and 4)"
+            self.field(value, "layers", where, _is_layer_range, expected)
+        return range(*value["layers"]) if clean[0] else None
+
+    def _baseline(self, value: Any, line: int, where: str) -> tuple[str | None, float] | None:
+        value = _Map(line) if value is None else value
+        if not self.mapping(value, line, where, "{atol: 0.01} or {name: heads, atol: 0.01}"):
+            return None
+        with self.counting() as clean:
+            self.keys(value, where, ("name", "atol"))
+            self.field(value, "name", where, _is_str, "a file name")
+            self.field(value, "atol", where, _is_non_negative, "a number >= 0 (e.g. atol: 0.01)")
+        return (value.get("name"), float(value.get("atol", 0.01))) if clean[0] else None
+
+
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, False for a path the OS cannot even look up (a name too long, a NUL byte)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_pairs_file(data: Any) -> bool:
+    return isinstance(data, list) or (isinstance(data, dict) and "pairs" in data and "claims" not in data)
+
+
+def parse_claims(text: str, path: Path) -> tuple[list[Claim], list[Problem]] | None:
+    """The valid claims of a claims file and every problem found, or None for a prompt-pairs file."""
+    try:
+        data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        parts = (getattr(error, "context", None), getattr(error, "problem", None))
+        what = " ".join(str(part) for part in parts if part) or str(error)
+        return [], [Problem(mark.line + 1 if mark else 1, f"invalid YAML: {what}. Fix the syntax at this line.")]
+    except RecursionError:
+        message = "the YAML nests lists or mappings too deeply to read; a claims file needs only a few levels."
+        return [], [Problem(1, message)]
+    if _is_pairs_file(data):
+        return None
+    check = _Checker(path)
+    if not isinstance(data, _Map):
+        message = f"a claims file is a mapping with model, task and claims, not {_shown(data)}. For example:\n{EXAMPLE}"
+        check.problem(1, message)
+        return [], check.problems
+    check.keys(data, "the file", TOP_KEYS, ("claims",))
+    check.field(data, "model", "the file", _is_str, "a name or path such as organism")
+    task = check.task(data["task"], data.lines["task"], "`task`") if "task" in data else None
+    claims_value = data.get("claims")
+    if "claims" in data and not (isinstance(claims_value, _List) and claims_value):
+        check.problem(
+            data.lines["claims"],
+            f"`claims` must be a non-empty list of claims, not {_shown(claims_value)}. For example:\n{EXAMPLE}",
+        )
+        return [], check.problems
+    claims, seen = [], {}
+    without: dict[str, list[str]] = {"model": [], "task": []}
+    for index, (item, line) in enumerate(zip(claims_value or [], getattr(claims_value, "lines", []))):
+        claim = _claim(check, item, line, f"claim #{index + 1}", seen, without, data, task)
+        if claim is not None:
+            claims.append(claim)
+    check.claim = None
+    for key, example in (("model", "model: organism"), ("task", "task: {name: ioi, n: 64}")):
+        if without[key] and key not in data:
+            names = ", ".join(repr(name) for name in without[key])
+            advice = f"give `{key}:` at the top of the file (e.g. {example}) or in each claim"
+            check.problem(1, f"no `{key}` for the claims {names}: {advice}.")
+    return claims, check.problems
+
+
+def _claim(
+    check: _Checker, item: Any, line: int, where: str, seen: dict[str, int],
+    without: dict[str, list[str]], top: _Map, top_task: TaskSpec | None,
+) -> Claim | None:
+    """One claim, with the file's model and task unless it gives its own; names seen so far are in ``seen``."""
+    check.claim = None
+    if not check.mapping(item, line, where, "{name: ..., sweep: {...}, expect: {...}}"):
+        return None
+    name = item.get("name")
+    if _is_str(name):
+        check.claim = name = name.strip()
+        where = f"claim {name!r}"
+    with check.counting() as clean:
+        check.keys(item, where, CLAIM_KEYS, ("name", "expect"))
+        check.field(item, "name", where, _is_str, "a sentence naming the claim")
+        if check.claim in seen:
+            first = seen[check.claim]
+            message = f"two claims are named {name!r} (the first on line {first}); names must be unique in a file."
+            check.problem(item.lines["name"], message)
+        elif check.claim:
+            seen[check.claim] = item.lines["name"]
+        check.field(item, "model", where, _is_str, "a name or path such as organism")
+        task, sweep, robust, expect = top_task, {}, {}, None
+        if "task" in item:
+            task = check.task(item["task"], item.lines["task"], f"`task` of {where}")
+        if "sweep" in item:
+            sweep = check.sweep(item["sweep"], item.lines["sweep"], f"`sweep` of {where}")
+        if "robust" in item:
+            robust = check.robust(item["robust"], item.lines["robust"], f"`robust` of {where}")
+            if not (isinstance(item.get("expect"), _Map) and "robust" in item["expect"]):
+                check.problem(
+                    item.lines["robust"],
+                    f"`robust` of {where} sets up a robustness grid, but `expect` has no `robust:` check of it. "
+                    "Add one (e.g. robust: [\"9.9\"], at_least: 4) or remove this key.",
+                )
+        if "expect" in item:
+            expect = check.expect(item["expect"], item.lines["expect"], f"`expect` of {where}")
+    for key in ("model", "task"):
+        if key not in item and key not in top:
+            without[key].append(check.claim or where)
+    model = item.get("model", top.get("model"))
+    if not clean[0] or task is None or sweep is None or robust is None or expect is None or not _is_str(model):
+        return None
+    return Claim(
+        name=name, line=line, model=model, model_line=item.lines.get("model", top.lines.get("model", line)),
+        task=task, task_line=item.lines.get("task", top.lines.get("task", line)),
+        sweep=sweep, sweep_line=item.lines.get("sweep", line),
+        robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
+    )
+
+
+# -- pytest nodes --------------------------------------------------------------------------------
+
+
+class ClaimSetupError(InterpError):
+    """A claim that cannot run (unknown task, bad sweep setting, missing component), with file and line."""
+
+
+class ClaimFailures(AssertionError):
+    """Every failed check of one claim, each report prefixed with the line that states the check, then
+    ``context`` that bears on all of them (a sliding window's comparison with single layers)."""
+
+    def __init__(self, failures: list[tuple[str, AssertionError]], context: Sequence[str] = ()) -> None:
+        super().__init__("\n\n".join([*(f"{where}: {error}" for where, error in failures), *context]))
+        self.failures = [error for _, error in failures]
+
+
+@contextlib.contextmanager
+def _blame(where: str) -> Iterator[None]:
+    try:
+        yield
+    except InterpError as error:
+        raise ClaimSetupError(f"{where}: {error}") from error
+
+
+def _checks(
+    claim: Claim,
+    result: PatchResult | None,
+    grid: Grid | None,
+    sweep: Callable[..., PatchResult],
+    baseline_file: Path,
+    update: bool,
+) -> list[tuple[str, Callable[[], Any]]]:
+    """The claim's checks as (key, call) in a fixed order: detection, stability, top-k, peak, agreement,
+    robustness, then the baseline. ``result`` is the claim's sweep (None when only ``robust`` needs none),
+    ``grid`` its robustness grid and ``sweep(**settings)`` another sweep of the claim's model and pairs."""
+    from .baselines import baseline_path, check_baseline
+
+    e = claim.expect
+    checks: list[tuple[str, Callable[[], Any]]] = []
+    if e.detected:
+        checks.append(("detected", lambda: result.assert_detected(*e.detected, sd=e.sd, sign=e.sign)))
+    if e.negative:
+        checks.append(("negative", lambda: result.assert_negative(*e.negative, sd=e.sd)))
+    if e.not_detected:
+        checks.append(("not_detected", lambda: result.assert_not_detected(*e.not_detected, sd=e.sd, sign=e.sign)))
+    if e.stable:
+        rate = e.min_detection_rate
+        checks.append(("stable", lambda: result.assert_stable(*e.stable, min_detection_rate=rate, sd=e.sd, sign=e.sign)))
+    if e.top_k is not None:
+        checks.append(("top_k", lambda: result.assert_top_k(e.top_k[0], e.top_k[1])))
+    if e.peak is not None:
+        checks.append(("peak", lambda: result.assert_peak(e.peak)))
+    if e.agree_with is not None:
+        minimums = {"min_spearman": e.min_spearman, "min_kendall": e.min_kendall, "min_jaccard": e.min_jaccard}
+        other = {**claim.sweep, **e.agree_with}
+        checks.append(("agree_with", lambda: result.assert_agree(sweep(**other), **minimums, sd=e.sd, sign=e.sign)))
+    if e.robust:
+        checks.append(("robust", lambda: grid.assert_robust(*e.robust, at_least=e.at_least, sd=e.sd, sign=e.sign)))
+    if e.baseline is not None:
+        name, atol = e.baseline
+        path = baseline_path(baseline_file, name or claim.name)
+        checks.append(("baseline", lambda: check_baseline(result, path, atol=atol, update=update)))
+    return checks
+
+
+def _shown_path(item: pytest.Item) -> str:
+    """The item's file relative to the rootdir, as pytest shows node ids."""
+    try:
+        return item.path.relative_to(item.config.rootpath).as_posix()
+    except ValueError:
+        return str(item.path)
+
+
+class ClaimItem(pytest.Item):
+    """One YAML claim: load the model and pairs, sweep (cached), check the expectations."""
+
+    def __init__(self, *, claim: Claim, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.claim = claim
+        record_of(self)
+
+    def _where(self, line: int) -> str:
+        return f"{_shown_path(self)}:{line}"
+
+    def runtest(self) -> None:
+        from .baselines import safe_name
+
+        session = session_of(self.config)
+        record = record_of(self)
+        claim = self.claim
+        name = f"{self.path.stem}.{safe_name(claim.name)}"
+        with _blame(self._where(claim.model_line)):
+            model = session.model(claim.model, base_dir=self.path.parent)
+        with _blame(self._where(claim.task_line)):
+            pairs = session.pairs(claim.task, model)
+
+        def sweep(**settings: Any) -> PatchResult:
+            return session.sweep(model, pairs, record, **settings)
+
+        result = grid = None
+        context = []
+        if claim.expect.needs_sweep:
+            with _blame(self._where(claim.sweep_line)):
+                result = sweep(**claim.sweep)
+                if result.grid.window > 1 and result.grid.kind in WINDOWED_KINDS:
+                    context.append(self._window_context(result, sweep(**{**claim.sweep, "window": 1}), record))
+            session.write_report(result, name, record)
+        if claim.expect.robust:
+            settings = {k: v for k, v in claim.sweep.items() if k not in ("corruption", "metric")}
+            with _blame(self._where(claim.robust_line)):
+                grid = session.grid(model, claim.task, record, **claim.robust, sd=claim.expect.sd, **settings)
+            session.write_grid_report(grid, name, record)
+        failures = []
+        for key, check in _checks(claim, result, grid, sweep, self.path, session.options.update_baselines):
+            where = self._where(claim.expect.lines[key])
+            with _blame(where):
+                try:
+                    check()
+                except AssertionError as error:
+                    failures.append((where, error))
+        if failures:
+            raise ClaimFailures(failures, context)
+
+    def _window_context(self, windowed: PatchResult, single: PatchResult, record: ItemRecord) -> str:
+        """The sliding window next to the summed single-layer effects (Zhang & Nanda 2024, section 5)."""
+        from .robustness import window_comparison
+
+        comparison = window_comparison(single, windowed)
+        record.figures.append(f"window peak ratio {comparison.peak_ratio:.2f}")
+        return (
+            f"{self._where(self.claim.sweep_line)}: window {comparison.window} restores adjacent layers together, "
+            "which can amplify weak single-layer effects; the single-layer effects summed over the same windows "
+            f"for comparison:\n{comparison}"
+        )
+
+    def repr_failure(self, excinfo: ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
+        if isinstance(excinfo.value, (ClaimFailures, ClaimSetupError)):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.claim.line - 1, f"claim: {self.claim.name}"
+
+
+class ProblemItem(pytest.Item):
+    """One mistake in a claims file, reported as a failed test so the rest of the session still runs."""
+
+    def __init__(self, *, problem: Problem, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.problem = problem
+
+    def runtest(self) -> None:
+        raise ClaimSetupError(f"{_shown_path(self)}:{self.problem.line}: {self.problem.message}")
+
+    def repr_failure(self, excinfo: ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
+        return str(excinfo.value)
+
+    def reportinfo(self) -> tuple[Path, int, str]:
+        return self.path, self.problem.line - 1, self.name
+
+
+class ClaimsFile(pytest.File):
+    """A YAML claims file: one item per claim, or one failing item per problem."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            problems: list[Problem] = [Problem(1, f"cannot read the file ({error}). Save it as UTF-8 text.")]
+            claims: list[Claim] = []
+        else:
+            parsed = parse_claims(text, self.path)
+            if parsed is None:
+                return
+            claims, problems = parsed
+        names: dict[str, int] = {}
+        for problem in problems:
+            base = f"{problem.claim} (line {problem.line})" if problem.claim else f"schema error (line {problem.line})"
+            names[base] = names.get(base, 0) + 1
+            name = base if names[base] == 1 else f"{base} #{names[base]}"
+            yield ProblemItem.from_parent(self, name=name, problem=problem)
+        for claim in claims:
+            yield ClaimItem.from_parent(self, name=claim.name, claim=claim)

@@ -1,0 +1,141 @@
+"""The sweep cache: an unchanged claim re-runs without a forward pass, a changed model or dataset
+recomputes, a damaged entry is recomputed rather than trusted, and xdist workers share it safely."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interp_tests.cache import SweepCache, sweep_key
+from interp_tests.files import atomic_write
+
+SETTINGS = {"model_fingerprint": "abc", "dataset": "def", "component": "attn_head", "seed": 0}
+
+
+def entries(folder: Path) -> list[Path]:
+    return sorted((folder / ".interp_cache" / "sweeps").glob("*.sweep"))
+
+
+def test_an_entry_reads_back_as_the_same_result(tmp_path, tiny_sweep):
+    cache = SweepCache(tmp_path)
+    key = sweep_key(SETTINGS)
+    assert cache.read(key, SETTINGS) == (None, None)
+    cache.write(key, SETTINGS, tiny_sweep)
+    result, problem = cache.read(key, SETTINGS)
+    assert problem is None
+    assert result.labels == tiny_sweep.labels and result.settings == tiny_sweep.settings
+    for metric, effects in tiny_sweep.effects.items():
+        np.testing.assert_array_equal(result.effects[metric], effects)
+    header = json.loads(cache.entry_path(key).read_bytes().partition(b"\n")[0])
+    assert header["key"] == key and header["settings"] == SETTINGS
+    assert (tmp_path / ".gitignore").read_text().endswith("*\n")
+    assert [p.name for p in cache.sweeps.iterdir() if p.suffix not in (".sweep", ".lock")] == []
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (lambda data: data[:-10], "its checksum does not match (truncated or modified)"),
+        (lambda data: data[:-10] + bytes([data[-10] ^ 1]) + data[-9:], "its checksum does not match (truncated or modified)"),
+        (lambda data: b"garbage" + data, "its header is not JSON"),
+        (lambda data: b"", "its header is not JSON"),
+        (lambda data: data.replace(b'"seed":0', b'"seed":1', 1), "its settings do not match its key"),
+    ],
+)
+def test_a_damaged_entry_is_rejected_with_the_reason(tmp_path, tiny_sweep, damage, problem):
+    cache = SweepCache(tmp_path)
+    key = sweep_key(SETTINGS)
+    cache.write(key, SETTINGS, tiny_sweep)
+    path = cache.entry_path(key)
+    path.write_bytes(damage(path.read_bytes()))
+    assert cache.read(key, SETTINGS) == (None, problem)
+
+
+def test_atomic_write_replaces_whole_files_and_leaves_no_temporaries(tmp_path):
+    target = tmp_path / "deep" / "file.json"
+    atomic_write(target, b"one")
+    assert atomic_write(target, "two \u00e9") == target
+    assert target.read_bytes() == "two \u00e9".encode()
+    assert target.stat().st_mode & 0o777 == 0o644  # readable by others, like a file open() writes
+    assert [p.name for p in target.parent.iterdir()] == ["file.json"]
+
+
+def write_claims(folder: Path, tiny_files: Path, n: int | None = None) -> None:
+    task = f"{{file: {tiny_files / 'pairs.jsonl'}{'' if n is None else f', n: {n}'}}}"
+    (folder / "test_claims.yaml").write_text(
+        f"model: {tiny_files / 'model'}\ntask: {task}\nclaims:\n"
+        "  - {name: heads, expect: {not_detected: ['0.0'], sd: 50}}\n"
+        "  - {name: heads by probability, sweep: {metric: prob}, expect: {not_detected: ['0.0'], sd: 50}}\n"
+        "  - {name: mlps, sweep: {component: mlp}, expect: {not_detected: ['mlp.0'], sd: 50}}\n"
+    )
+
+
+def test_a_cached_rerun_performs_no_forward_pass(pytester, tiny_files, monkeypatch):
+    write_claims(pytester.path, tiny_files)
+    first = pytester.runpytest()
+    first.assert_outcomes(passed=3)
+    first.stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache, 1 reused within the session*"])
+    assert len(entries(pytester.path)) == 2
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("a cached claim ran the model")
+
+    monkeypatch.setattr("interp_tests.patching.run", no_forward_pass)
+    second = pytester.runpytest()
+    second.assert_outcomes(passed=3)
+    second.stdout.fnmatch_lines(["passed   cached *heads", "sweeps: 0 computed, 2 from the cache, 1 reused within the session*"])
+
+
+def test_a_changed_dataset_or_model_recomputes(pytester, tiny_files, tmp_path):
+    from interp_tests.testing import save_model, tiny_gpt2
+
+    write_claims(pytester.path, tiny_files)
+    pytester.runpytest().assert_outcomes(passed=3)
+    write_claims(pytester.path, tiny_files, n=8)
+    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])
+    other = tmp_path / "other"
+    save_model(*tiny_gpt2(seed=1), other / "model")
+    (other / "pairs.jsonl").write_bytes((tiny_files / "pairs.jsonl").read_bytes())
+    write_claims(pytester.path, other)
+    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])
+    assert len(entries(pytester.path)) == 6
+
+
+def test_a_corrupt_entry_is_recomputed_and_reported(pytester, tiny_files):
+    write_claims(pytester.path, tiny_files)
+    pytester.runpytest().assert_outcomes(passed=3)
+    for entry in entries(pytester.path):
+        entry.write_bytes(entry.read_bytes()[:-100])
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "sweeps: 2 computed, 0 from the cache*",
+            "note: cache entry *.sweep was rejected (its checksum does not match (truncated or modified)) and recomputed",
+        ]
+    )
+    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 0 computed, 2 from the cache*"])
+
+
+def test_no_cache_leaves_the_disk_alone(pytester, tiny_files):
+    write_claims(pytester.path, tiny_files)
+    result = pytester.runpytest("--interp-no-cache")
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache, 1 reused within the session (disk cache off)"])
+    assert not (pytester.path / ".interp_cache").exists()
+
+
+def test_xdist_workers_share_the_cache(pytester, tiny_files):
+    write_claims(pytester.path, tiny_files)
+    (pytester.path / "test_more.yaml").write_text(
+        (pytester.path / "test_claims.yaml").read_text().replace("name: ", "name: more ")
+    )
+    result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=6)
+    result.stdout.fnmatch_lines(["*= interp claims =*"])
+    assert len(entries(pytester.path)) == 2
+    sweeps = pytester.path / ".interp_cache" / "sweeps"
+    assert all(p.suffix in (".sweep", ".lock") for p in sweeps.iterdir())

@@ -1,0 +1,222 @@
+"""YAML claims collected by pytest: true claims pass, false ones fail with the report, and every mistake in a
+file is one failed item naming its line and fix, while the rest of the session runs."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+
+def write_claims(pytester: pytest.Pytester, tiny_files: Path, claims: str, path: str = "hypotheses/claims.yaml") -> Path:
+    """A claims file on the tiny model; ``claims`` is the YAML of the claims list (starting on line 4)."""
+    text = f"model: {tiny_files / 'model'}\ntask: {{file: {tiny_files / 'pairs.jsonl'}}}\nclaims:\n"
+    file = pytester.path / path
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text(text + textwrap.dedent(claims))
+    return file
+
+
+def test_a_true_claim_passes_and_a_false_one_fails_with_the_report(pytester, tiny_files, tiny_sweep):
+    top, bottom = tiny_sweep.top(1)[0][0], tiny_sweep.top(1, sign="negative")[0][0]
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: the top head is detected
+          sweep: {{component: attn_head, corruption: str, metric: logit_diff}}
+          expect: {{detected: ["{top}"], sd: {tiny_sweep.zscore(top) - 0.01:.4f}}}
+        - name: the weakest head is detected
+          expect:
+            detected: ["{bottom}"]
+        """,
+    )
+    result = pytester.runpytest("-v")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*claims.yaml::the top head is detected PASSED*",
+            "hypotheses/claims.yaml:9: Claim failed: * is not detected (needs z >= 2.00, sign=positive).",
+            f"  {bottom}: effect *, rank 12 of 12",
+            "  over 12 components: mean *",
+            "rank  component       effect       z",
+            "settings: model=*, component=attn_head, *",
+            "*= interp claims =*",
+            "outcome  sweep*figure*claim",
+            f"passed   computed*z({top})=*hypotheses/claims.yaml::the top head is detected",
+            f"failed   reused*z({bottom})=*hypotheses/claims.yaml::the weakest head is detected",
+            "sweeps: 1 computed, 0 from the cache, 1 reused within the session*",
+        ]
+    )
+
+
+def test_each_schema_problem_is_one_failed_item_with_its_line(pytester, tiny_files, tiny_sweep):
+    top = tiny_sweep.top(1)[0][0]
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: a valid claim still runs
+          expect: {{top_k: {{labels: ["{top}"], k: 1}}}}
+        - name: typo
+          sweep: {{component: attn_head, metrc: prob}}
+          expect: {{detected: ["{top}"]}}
+        - name: wrong types
+          expect: {{detected: [0.10], sd: two}}
+        - name: nothing to check
+          sweep: {{window: 0}}
+        - name: typo
+          expect: {{peak: {{layers: [3, 1]}}}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=7)
+    result.stdout.fnmatch_lines_random(
+        [
+            "hypotheses/claims.yaml:7: unknown key `metrc` in `sweep` of claim 'typo'. Did you mean 'metric'? Allowed keys: *",
+            'hypotheses/claims.yaml:10: `detected` in `expect` of claim \'wrong types\' lists 0.10 unquoted, which YAML reads '
+            'as the number 0.1; component labels are strings. Quote it: "0.10".',
+            "hypotheses/claims.yaml:10: `sd` in `expect` of claim 'wrong types' must be a number >= 0 (e.g. sd: 2), not the string 'two'.",
+            "hypotheses/claims.yaml:11: claim 'nothing to check' lacks the required key `expect`.",
+            "hypotheses/claims.yaml:12: `window` in `sweep` of claim 'nothing to check' must be a positive integer*not the number 0.",
+            "hypotheses/claims.yaml:13: two claims are named 'typo' (the first on line 6); names must be unique in a file.",
+            "hypotheses/claims.yaml:14: `layers` in `peak` in `expect` of claim 'typo' must be [first, end] with "
+            "0 <= first < end, half-open like range ([2, 5] means layers 2, 3 and 4), not the list [3, 1].",
+            "FAILED hypotheses/claims.yaml::typo (line 7) - *",
+        ]
+    )
+
+
+def test_invalid_yaml_is_one_failed_item_at_the_broken_line(pytester, tiny_files):
+    write_claims(pytester, tiny_files, "- name: unclosed\n  expect: {detected: [\"0.1\"]\n")
+    pytester.makefile(".py", test_other="def test_other():\n    pass\n")
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["hypotheses/claims.yaml:6: invalid YAML: while parsing a flow mapping *Fix the syntax at this line."])
+
+
+FILE_PROBLEMS = {
+    "empty": ("", "*empty.yaml:1: a claims file is a mapping with model, task and claims, not nothing (null).*"),
+    "no_claims": ("model: m\nclaims: []\n", "*no_claims.yaml:2: `claims` must be a non-empty list of claims, not the list [].*"),
+    "no_model": (
+        "task: {name: ioi}\nclaims:\n  - name: a\n    expect: {detected: ['0.1']}\n",
+        "*no_model.yaml:1: no `model` for the claims 'a': give `model:` at the top of the file (e.g. model: organism) or in each claim.",
+    ),
+    "typo": (
+        "modle: m\ntask: {name: ioi}\nclaims:\n  - {name: a, expect: {detected: ['0.1']}}\n",
+        "*typo.yaml:1: unknown key `modle` in the file. Did you mean 'model'?*",
+    ),
+    "two_sources": (
+        "model: m\ntask: {name: ioi, file: x.jsonl}\nclaims:\n  - {name: a, expect: {detected: ['0.1']}}\n",
+        "*two_sources.yaml:2: `task` needs exactly one of `name` (a registered task) or `file` (a pairs file).",
+    ),
+    "missing_file": (
+        "model: m\ntask: {file: missing.jsonl}\nclaims:\n  - {name: a, expect: {detected: ['0.1']}}\n",
+        "*missing_file.yaml:2: `task`: no pairs file at */hypotheses/missing.jsonl. Paths are relative to this YAML file.",
+    ),
+}
+
+
+def test_file_level_problems(pytester):
+    (pytester.path / "hypotheses").mkdir()
+    for name, (text, _) in FILE_PROBLEMS.items():
+        (pytester.path / "hypotheses" / f"{name}.yaml").write_text(text)
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=len(FILE_PROBLEMS) + 1)  # the misspelt `modle` also leaves no model
+    result.stdout.fnmatch_lines_random([expected for _, expected in FILE_PROBLEMS.values()])
+
+
+def test_claims_sharing_a_sweep_reuse_it_and_metrics_come_from_the_same_runs(pytester, tiny_files, tiny_sweep):
+    prob = tiny_sweep.with_metric("prob")
+    top_prob = prob.top(1)[0][0]
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: logit difference
+          expect: {{top_k: {{labels: ["{tiny_sweep.top(1)[0][0]}"], k: 1}}}}
+        - name: probability
+          sweep: {{metric: prob}}
+          expect: {{top_k: {{labels: ["{top_prob}"], k: 1}}}}
+        - name: kl, by mlp
+          sweep: {{component: mlp, metric: kl}}
+          expect: {{peak: {{layers: [0, 3]}}}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=3)
+    result.stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache, 1 reused within the session*"])
+
+
+def test_a_claim_on_unavailable_weights_is_skipped_with_the_reason(pytester, tiny_files, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    file = write_claims(pytester, tiny_files, "- name: gpt2 has name movers\n  expect: {detected: ['9.9']}\n")
+    file.write_text(file.read_text().replace(f"model: {tiny_files / 'model'}", "model: openai-community/gpt2"))
+    result = pytester.runpytest("-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(
+        [
+            "skipped  -  *The weights of 'openai-community/gpt2' are*hypotheses/claims.yaml::gpt2 has name movers",
+            "SKIPPED [[]1[]] hypotheses/claims.yaml:4: The weights of 'openai-community/gpt2' are not available on this "
+            "machine (HF_HUB_OFFLINE is set).",
+        ]
+    )
+
+
+def test_setting_and_label_mistakes_found_at_run_time_name_the_line(pytester, tiny_files):
+    write_claims(
+        pytester,
+        tiny_files,
+        """\
+        - name: bad metric
+          sweep: {metric: logit_dif}
+          expect: {detected: ["0.1"]}
+        - name: no such head
+          expect:
+            sd: 2
+            detected: ["7.7"]
+        - name: no such task
+          task: {name: ioj, n: 4}
+          expect: {detected: ["0.1"]}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            "hypotheses/claims.yaml:5: Unknown metric 'logit_dif'. Did you mean 'logit_diff'?*",
+            "hypotheses/claims.yaml:10: '7.7' is not a component of this sweep.*Valid labels are 'L.H' *",
+            "hypotheses/claims.yaml:12: Unknown task 'ioj'. Did you mean 'ioi'?*",
+        ]
+    )
+
+
+def test_a_registered_task_with_its_options(pytester, tiny_files):
+    write_claims(
+        pytester,
+        tiny_files,
+        """\
+        - name: ioi with a typo in an option
+          task: {name: ioi, n: 8, corupt: S2}
+          expect: {detected: ["0.1"]}
+        - name: ioi runs and its claim is judged
+          task: {name: ioi, n: 8, seed: 1, corrupt: S2}
+          expect: {not_detected: ["0.0"], sd: 50}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["hypotheses/claims.yaml:5: Task 'ioi' has no option 'corupt'. Did you mean 'corrupt'?*"])
+
+
+def test_collection_patterns(pytester, tiny_files):
+    claim = "- name: collected\n  expect: {not_detected: ['0.0'], sd: 50}\n"
+    write_claims(pytester, tiny_files, claim, path="hypotheses/deep/er/a.yaml")
+    write_claims(pytester, tiny_files, claim, path="tests/test_b.yml")
+    write_claims(pytester, tiny_files, claim, path="tests/not_claims.yaml")
+    (pytester.path / "hypotheses" / "pairs.yaml").write_text("pairs:\n  - {clean: a, answer: b, wrong: c}\n")
+    pytester.runpytest().assert_outcomes(passed=2)
+    pytester.makeini("[pytest]\ninterp_yaml_patterns = tests/*claims.yaml\n")
+    result = pytester.runpytest("--collect-only", "-q")
+    result.stdout.fnmatch_lines(["tests/not_claims.yaml::collected", "1 test collected*"])
