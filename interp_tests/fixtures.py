@@ -22,7 +22,14 @@ from typing import TYPE_CHECKING, Any, Union
 
 import pytest
 
-from .errors import InterpError, InterpWarning, ModelLoadError, SettingsError, WeightsUnavailableError
+from .errors import (
+    InterpError,
+    InterpWarning,
+    ModelLoadError,
+    PlotsUnavailableError,
+    SettingsError,
+    WeightsUnavailableError,
+)
 from .specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
@@ -310,7 +317,7 @@ class InterpSession:
         paths = list(grid.save(directory))
         try:
             paths.append(grid.figure(directory / "grid.png"))
-        except SettingsError as error:  # no matplotlib: the tables are still written
+        except PlotsUnavailableError as error:  # no matplotlib: the tables are still written
             warnings.warn(f"interp-tests reports: grid figure skipped, CSV and JSON still written. {error}", stacklevel=2)
         record.reports.extend(str(path) for path in paths)
 

@@ -30,6 +30,7 @@ from .files import atomic_write
 from .metrics import check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
+from .reports import COLOUR_MAP, require_matplotlib
 from .results import PatchResult
 from .specs import TaskSpec
 from .stats import detected_in_at_least
@@ -293,12 +294,10 @@ class Grid(GridClaims):
         columns: metrics), '+'/'-' on detected components.
 
         Each metric column shares one colour scale symmetric about 0; metrics have different units, so
-        they do not share one with each other.
+        they do not share one with each other. Without matplotlib, raises ``PlotsUnavailableError``.
         """
-        try:
-            from matplotlib.figure import Figure  # the object API: no pyplot, no global backend change
-        except ImportError:
-            raise SettingsError("Grid.figure() needs matplotlib: pip install 'interp-tests[plots]'.") from None
+        require_matplotlib()
+        from matplotlib.figure import Figure  # the object API: no pyplot, no global backend change
 
         sd = self._sd(sd)
         rows = list(dict.fromkeys((s.corruption, s.corrupt_tokens) for s in self.settings))
@@ -333,7 +332,7 @@ def _heatmap(ax: Any, result: PatchResult, vmax: float, sd: float) -> Any:
 
     axes = result.grid.axes
     data = result.mean.reshape(1, -1) if len(axes) == 1 else result.mean.reshape(result.shape[0], -1)
-    image = ax.imshow(data, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    image = ax.imshow(data, cmap=COLOUR_MAP, vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
     if len(axes) == 1:
         ax.set_xlabel("layer")
         ax.set_yticks([])

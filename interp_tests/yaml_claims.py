@@ -97,10 +97,6 @@ if TYPE_CHECKING:
 TOP_KEYS = ("model", "task", "claims")
 CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "expect")
 TASK_FILE_KEYS = ("file", "n")
-SWEEP_KEYS = (
-    "component", "corruption", "metric", "positions", "window", "direction", "seed", "noise_scale", "batch_size",
-)
-ROBUST_KEYS = ("corruptions", "metrics", "corrupt_tokens")
 CHECK_KEYS = ("detected", "not_detected", "negative", "top_k", "peak", "baseline", "stable", "agree_with", "robust")
 MINIMUMS = ("min_spearman", "min_kendall", "min_jaccard")
 # Keys that qualify checks, and the checks they qualify.
@@ -283,8 +279,10 @@ def _shown(value: Any) -> str:
     return f"{kind or type(value).__name__} {value!r}"
 
 
+# Per key: what a value must pass, and how to say what is expected.
+FieldTypes = dict[str, tuple[Callable[[Any], bool], str]]
 # What each sweep setting must be (its value is checked by patch() when the claim runs).
-SWEEP_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+SWEEP_TYPES: FieldTypes = {
     "component": (_is_str, "a component kind: attn_head, attn, mlp or resid"),
     "corruption": (_is_str, "a corruption name: str or gn"),
     "metric": (_is_str, "a metric name: logit_diff, prob or kl"),
@@ -295,13 +293,14 @@ SWEEP_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise_scale": (lambda v: _is_number(v) and v > 0, "a positive number (e.g. noise_scale: 3.0)"),
     "batch_size": (lambda v: v is None or _is_positive_int(v), "a positive integer, or null to size batches by memory"),
 }
-ROBUST_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+ROBUST_TYPES: FieldTypes = {
     "corruptions": (_is_names, "a non-empty list of corruption names (e.g. [str, gn])"),
     "metrics": (_is_names, "a non-empty list of metric names (e.g. [logit_diff, prob, kl])"),
     "corrupt_tokens": (lambda v: v is None or _is_names(v), "a non-empty list of the task's corrupt options (e.g. [S2, ABC])"),
 }
+SWEEP_KEYS = tuple(SWEEP_TYPES)
 # What each qualifying key of `expect` must be.
-EXPECT_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+EXPECT_TYPES: FieldTypes = {
     "sign": (lambda v: v in SIGNS, "positive, negative or both"),
     "sd": (_is_non_negative, "a number >= 0 (e.g. sd: 2)"),
     "min_detection_rate": (_is_share, "a share in 0..1 (e.g. min_detection_rate: 0.9)"),
@@ -359,6 +358,12 @@ class _Checker:
         if key in mapping and not accepts(mapping[key]):
             self.problem(mapping.lines[key], f"`{key}` in {where} must be {expected}, not {_shown(mapping[key])}.")
 
+    def settings(self, mapping: _Map, where: str, types: FieldTypes) -> None:
+        """Report keys that ``types`` does not list and values it does not accept."""
+        self.keys(mapping, where, tuple(types))
+        for key, (accepts, expected) in types.items():
+            self.field(mapping, key, where, accepts, expected)
+
     def labels(self, mapping: _Map, key: str, where: str) -> list[str] | None:
         """``mapping[key]`` as a list of component labels; a bare string counts as a list of one."""
         value, line, what = mapping[key], mapping.lines[key], f"`{key}` in {where}"
@@ -413,9 +418,7 @@ class _Checker:
         if not self.mapping(value, line, where, "{component: attn_head, metric: logit_diff}"):
             return None
         with self.counting() as clean:
-            self.keys(value, where, SWEEP_KEYS)
-            for key, (accepts, expected) in SWEEP_TYPES.items():
-                self.field(value, key, where, accepts, expected)
+            self.settings(value, where, SWEEP_TYPES)
         return {k: v for k, v in value.items() if k in SWEEP_KEYS} if clean[0] else None
 
     def robust(self, value: Any, line: int, where: str) -> dict[str, Any] | None:
@@ -423,9 +426,7 @@ class _Checker:
         if not self.mapping(value, line, where, "{corruptions: [str, gn], metrics: [logit_diff, prob]}"):
             return None
         with self.counting() as clean:
-            self.keys(value, where, ROBUST_KEYS)
-            for key, (accepts, expected) in ROBUST_TYPES.items():
-                self.field(value, key, where, accepts, expected)
+            self.settings(value, where, ROBUST_TYPES)
         return {k: list(v) if isinstance(v, list) else v for k, v in value.items()} if clean[0] else None
 
     def expect(self, value: Any, line: int, where: str) -> Expectation | None:
