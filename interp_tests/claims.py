@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,13 +27,14 @@ if TYPE_CHECKING:
     from .results import PatchResult
     from .robustness import Grid
 
-Layers = Union[range, Sequence[int]]
+Layers = range | Sequence[int]
 SIGNS = ("positive", "negative", "both")
 TABLE_ROWS = 10
 AGREEMENT_TOLERANCE = 1e-9
 
 
 def check_sign(sign: str) -> str:
+    """Refuse a misspelt sign at once: it would otherwise fail as a KeyError deep inside a claim."""
     if sign not in SIGNS:
         raise SettingsError(f"sign={sign!r}: use 'positive', 'negative' or 'both'.")
     return sign

@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from itertools import product
-from typing import Union
 
 from .errors import ComponentError, SettingsError, did_you_mean
 
@@ -19,7 +18,7 @@ KINDS = ("attn_head", "attn", "mlp", "resid")
 SITE_ORDER = ("resid", "head", "attn", "mlp", "out")
 SITE_OF_KIND = {"attn_head": "head", "attn": "attn", "mlp": "mlp", "resid": "resid"}
 
-Position = Union[None, int, str]  # None: all positions at once; int: one position; str: a named per-prompt position
+Position = int | str | None  # None: all positions at once; int: one position; str: a named per-prompt position
 
 
 @dataclass(frozen=True)

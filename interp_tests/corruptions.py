@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Union
 
 import torch
 
@@ -19,7 +18,7 @@ from .models import PatchableModel
 from .pairs import TokenizedPairs
 
 EmbeddingCorruption = Callable[[torch.Tensor, TokenizedPairs], torch.Tensor]
-Corruption = Union[str, EmbeddingCorruption]
+Corruption = str | EmbeddingCorruption
 NAMES = ("str", "gn")
 DEFAULT_NOISE_SCALE = 3.0
 

@@ -36,12 +36,11 @@ if TYPE_CHECKING:
     from .corruptions import Corruption
     from .models import PatchableModel
     from .pairs import PromptPairs, TokenizedPairs
+    from .patching import Pairs
     from .results import PatchResult
     from .robustness import Grid, OffDistribution, PairsSource
 
-    Pairs = Union[PromptPairs, TokenizedPairs]
-
-METRICS = ("logit_diff", "prob", "kl")
+METRICS = ("logit_diff", "prob", "kl")  # metrics.METRICS, which this torch-free module cannot import
 # The sweep settings that determine the off-distribution check of a Gaussian-noise corruption.
 OFF_DISTRIBUTION_KEYS = ("version", "model_fingerprint", "dataset", "device", "seed", "noise_scale")
 

@@ -52,10 +52,6 @@ class RunStats:
     logit_diff: torch.Tensor
     kl: torch.Tensor
 
-    @staticmethod
-    def concat(parts: list[RunStats]) -> RunStats:
-        return RunStats(*(torch.cat([getattr(p, f) for p in parts]) for f in ("prob", "logit_diff", "kl")))
-
 
 class AnswerReader:
     """Turns final-position logits into RunStats for the rows of a (possibly repeated) batch."""

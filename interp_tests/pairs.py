@@ -12,15 +12,15 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from .errors import PromptError
 from .files import atomic_write
 
-AnswerToken = Union[str, int]
-Answer = Union[AnswerToken, Sequence[AnswerToken]]
+AnswerToken = str | int
+Answer = AnswerToken | Sequence[AnswerToken]
 Span = tuple[int, int]
 
 _RECORD_KEYS = ("clean", "corrupted", "answer", "wrong", "corrupt_positions", "spans")

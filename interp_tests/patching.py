@@ -12,7 +12,7 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -25,7 +25,7 @@ from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
 
 DIRECTIONS = ("denoise", "noise")
-Pairs = Union[PromptPairs, TokenizedPairs]
+Pairs = PromptPairs | TokenizedPairs
 # Activation memory one patched forward pass may use when the caller does not size batches.
 DEFAULT_BATCH_BYTES = 512 * 2**20
 # What a forward pass raises when the device runs out of memory: torch.OutOfMemoryError since torch 2.5, with

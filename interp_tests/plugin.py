@@ -225,11 +225,12 @@ class ClaimsSummary:
         write = terminalreporter.write_line
         terminalreporter.write_sep("=", "interp claims")
         figure_width = min(48, max(len("figure"), *(len(r.figure) for r in self.rows.values())))
-        write(f"{'outcome':<9}{'sweep':<18}{'figure':<{figure_width + 2}}claim")
-        for row in self.rows.values():
-            sweep = "+".join(dict.fromkeys(row.sweeps)) or "-"
+        sweeps = {nodeid: "+".join(dict.fromkeys(row.sweeps)) or "-" for nodeid, row in self.rows.items()}
+        sweep_width = max(len("sweep"), *(len(s) for s in sweeps.values())) + 2
+        write(f"{'outcome':<9}{'sweep':<{sweep_width}}{'figure':<{figure_width + 2}}claim")
+        for nodeid, row in self.rows.items():
             figure = row.figure if len(row.figure) <= figure_width else row.figure[: figure_width - 3] + "..."
-            write(f"{row.outcome:<9}{sweep:<18}{figure:<{figure_width + 2}}{row.nodeid}")
+            write(f"{row.outcome:<9}{sweeps[nodeid]:<{sweep_width}}{figure:<{figure_width + 2}}{row.nodeid}")
         counts = Counter(status for row in self.rows.values() for status in row.sweeps)
         if counts:
             options = self.config.stash[SESSION_KEY].options

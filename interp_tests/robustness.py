@@ -17,7 +17,7 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Optional, Union
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from .claims import GridClaims, check_sign
 from .corruptions import DEFAULT_NOISE_SCALE, NAMES, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import MetricError, SettingsError, did_you_mean
 from .files import atomic_write
-from .metrics import check_metric
+from .metrics import METRICS, check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
 from .reports import COLOUR_MAP, require_matplotlib
@@ -35,8 +35,8 @@ from .results import PatchResult
 from .specs import TaskSpec
 from .stats import detected_in_at_least
 
-PairsFactory = Callable[[Optional[str]], PromptPairs]  # corrupt_tokens choice -> pairs
-PairsSource = Union[PromptPairs, Mapping[str, Any], PairsFactory]
+PairsFactory = Callable[[str | None], PromptPairs]  # corrupt_tokens choice -> pairs
+PairsSource = PromptPairs | Mapping[str, Any] | PairsFactory
 Sweep = Callable[..., PatchResult]  # patch(model, tokens, component, corruption, metric, **patch_kwargs)
 FORMAT_VERSION = 1
 CSV_COLUMNS = ("corruption", "corrupt_tokens", "metric", "label", "effect", "z", "detected_positive", "detected_negative")
@@ -109,7 +109,7 @@ def grid(
     component: str = "attn_head",
     *,
     corruptions: Sequence[Corruption] = ("str", "gn"),
-    metrics: Sequence[str] = ("logit_diff", "prob", "kl"),
+    metrics: Sequence[str] = METRICS,
     corrupt_tokens: Sequence[str] | str | None = None,
     sd: float = 2.0,
     sweep: Sweep | None = None,

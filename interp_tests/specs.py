@@ -58,6 +58,7 @@ class TaskSpec:
         return json.dumps([self.name, str(self.file), self.n, self.seed, self.variant], sort_keys=True, default=repr)
 
     def describe(self) -> str:
+        """One line for people, e.g. ``ioi (n=64, seed=0, corrupt=S2)``."""
         if self.file is not None:
             return f"pairs file {self.file}" + (f" (first {self.n})" if self.n is not None else "")
         options = ", ".join(f"{k}={v}" for k, v in {"n": self.n, "seed": self.seed, **self.variant}.items())

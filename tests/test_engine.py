@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     GPT2Config,
     GPT2LMHeadModel,
@@ -17,16 +18,25 @@ from transformers import (
     LlamaForCausalLM,
     MistralConfig,
     MistralForCausalLM,
+    PreTrainedTokenizerFast,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
 
 import interp_tests as it
 from interp_tests.components import SITE_OF_KIND
-from interp_tests.testing import word_tokenizer
 
-WORDS = "When John Mary Tom Anna Bob went to the store shop , gave a drink book and then".split()
-V = len(word_tokenizer(WORDS))
+WORDS = "<pad> When John Mary Tom Anna Bob went to the store shop , gave a drink book and then".split()
+
+
+def word_tokenizer(**special: str) -> PreTrainedTokenizerFast:
+    """One token per word of ``WORDS``; ``<pad>`` (id 0) is the pad token unless ``special`` says otherwise."""
+    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<pad>", **{"pad_token": "<pad>", **special})
+
+
+V = len(WORDS)
 ARCHITECTURES = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=V, n_positions=32, initializer_range=0.3)),
     "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64, vocab_size=V, max_position_embeddings=32, initializer_range=0.3)),
@@ -39,7 +49,7 @@ ARCHITECTURES = {
 
 def build(arch: str) -> it.PatchableModel:
     torch.manual_seed(0)
-    return it.load_model(ARCHITECTURES[arch]().eval(), tokenizer=word_tokenizer(WORDS))
+    return it.load_model(ARCHITECTURES[arch]().eval(), tokenizer=word_tokenizer())
 
 
 PAIRS = it.PromptPairs(

@@ -34,8 +34,6 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 import interp_tests as it
 from interp_tests import patching
@@ -202,12 +200,6 @@ def test_a_model_directory_with_missing_or_damaged_files_is_a_model_load_error(t
         it.load_model(tmp_path)
 
 
-def _tokenizer(**special: str) -> PreTrainedTokenizerFast:
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<pad>", **special)
-
-
 def test_a_tokenizer_without_a_pad_token_gives_identical_results():
     pairs = it.PromptPairs(  # different lengths, so the shorter prompt is padded
         [PAIRS.clean[0], "When Tom and Anna went to the shop and then Tom gave a book and then Anna gave a drink to"],
@@ -216,7 +208,7 @@ def test_a_tokenizer_without_a_pad_token_gives_identical_results():
     )
     reference = it.patch(build("gpt2"), pairs, "attn_head", corruption="gn")
     for special in ({"eos_token": "then"}, {}):  # the pad token becomes the EOS token, else token 0
-        tokenizer = _tokenizer(**special)
+        tokenizer = word_tokenizer(pad_token=None, **special)
         assert tokenizer.pad_token_id is None
         torch.manual_seed(0)  # the weights of build("gpt2")
         model = it.load_model(ARCHITECTURES["gpt2"]().eval(), tokenizer=tokenizer)
