@@ -386,9 +386,10 @@ class OffDistribution:
     ``z[l] = (corrupted_mean[l] - clean_mean[l]) / clean_sd[l]``, where ``corrupted_mean`` is the mean norm
     of the corrupted residual stream entering layer ``l`` at the corrupted positions and ``clean_mean``,
     ``clean_sd`` are the mean and SD of the clean norms over all real positions. ``ratio`` compares the
-    corrupted norm with the clean norm at the same positions. A layer is flagged when ``|z| > threshold``:
-    typical clean activations rarely lie that far out, so the corrupted run feeds the layer inputs it does
-    not see on real text (Zhang & Nanda 2024, section 3.2).
+    corrupted norm with the clean norm at the same positions. A layer from 1 on is flagged when
+    ``|z| > threshold``: typical clean activations rarely lie that far out, so the corrupted run feeds the
+    layer inputs it does not see on real text (Zhang & Nanda 2024, section 3.2). Layer 0's input is the
+    corrupted embedding itself, far out by construction under GN, so it is shown but never flagged.
     """
 
     corruption: str
@@ -402,7 +403,7 @@ class OffDistribution:
 
     @property
     def flagged_layers(self) -> list[int]:
-        return [int(layer) for layer in np.flatnonzero(np.abs(self.z) > self.threshold)]
+        return [layer for layer in range(1, len(self.z)) if abs(self.z[layer]) > self.threshold]
 
     @property
     def is_off_distribution(self) -> bool:
@@ -415,7 +416,7 @@ class OffDistribution:
     def table(self) -> str:
         rows = [f"{'layer':>5}{'clean norm':>12}{'clean SD':>10}{'corrupted':>11}{'ratio':>8}{'z':>8}"]
         for layer in range(len(self.z)):
-            flag = "  off" if abs(self.z[layer]) > self.threshold else ""
+            flag = "  off" if layer in self.flagged_layers else "  (the corrupted input)" if layer == 0 else ""
             rows.append(
                 f"{layer:>5}{self.clean_mean[layer]:>12.3f}{self.clean_sd[layer]:>10.3f}"
                 f"{self.corrupted_mean[layer]:>11.3f}"

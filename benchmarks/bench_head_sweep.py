@@ -1,0 +1,261 @@
+"""Time a full GPT-2-small head sweep: interp-tests' ``patch`` against TransformerLens 4.x, same weights.
+
+Builds a GPT-2-small-architecture model offline (12 layers x 12 heads, d_model 768, vocabulary 50257,
+n_positions 1024, random init with a fixed seed; a word-level tokenizer whose vocabulary is the IOI words
+padded with filler words to 50257 entries, so every word is one token), saves it, loads it with
+``interp_tests.load_model`` and with TransformerLens' ``TransformerBridge.boot_transformers`` (no LayerNorm
+folding, so both compute the HF model's logits), and times the 144-head all-positions sweep under symmetric
+token replacement at S2 with the normalised logit difference of batch means at the last position:
+
+* interp-tests: ``patch(model, pairs, "attn_head", "str", "logit_diff")``;
+* TransformerLens: ``transformer_lens.patching.get_act_patch_attn_head_out_all_pos`` (via
+  ``interp_tests.testing.transformer_lens_effects``, which also runs the clean and corrupted caches, as
+  ``patch`` does), one full forward pass per head.
+
+Both run under ``torch.no_grad()``. One warm-up (a full interp-tests sweep; for TransformerLens a
+``run_with_cache`` and one hooked forward pass, since a full warm-up sweep costs as much as a timed repeat and
+every one of its 144 passes after the first is warm anyway), then ``--repeats`` interleaved repeats
+(interp-tests, TL, interp-tests, TL, ...). Every repeat's two maps are compared: the exit status is 1 when
+they differ by more than 1e-4 (max abs) or when |mean LD_clean - mean LD_corrupted| <= 0.1.
+
+Memory: "peak RSS +MB" is the process's resident-set high-water mark during a phase minus its RSS just
+before it (the kernel's VmHWM is reset through /proc/self/clear_refs before each phase; where that is not
+possible, the growth of ``ru_maxrss``, which only shows new process-wide peaks). On CUDA the table adds
+``torch.cuda.max_memory_allocated`` per phase (reset before each). The last line is
+``speedup_vs_transformer_lens=<median over repeats of TL s / interp-tests s>``.
+
+    HF_HUB_OFFLINE=1 python benchmarks/bench_head_sweep.py [--repeats 3] [--threads 1] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from interp_tests import load_model, patch  # noqa: E402
+from interp_tests.pairs import PromptPairs  # noqa: E402
+from interp_tests.tasks.words import NAMES, OBJECTS, PLACES  # noqa: E402
+from interp_tests.testing import (  # noqa: E402
+    boot_transformer_lens,
+    orient_answers,
+    save_model,
+    tiny_gpt2,
+    transformer_lens_effects,
+)
+
+TOLERANCE = 1e-4
+MIN_GAP = 0.1
+# 16 tokens under the word-level tokenizer; S2 is token 12. (testing.IOI_TEMPLATE has 14.)
+TEMPLATE = "When {IO} and {S} went to the {PLACE} and {PLACE2} , {S2} gave a {OBJECT} to"
+
+
+def ioi_pairs16(n: int, seed: int = 0) -> PromptPairs:
+    """``n`` IOI pairs of 16 tokens, corrupted at S2 (S2 becomes IO); answer IO, wrong S."""
+    rng = random.Random(seed)
+    clean, corrupted, answer, wrong = [], [], [], []
+    for _ in range(n):
+        io, s = rng.sample(NAMES, 2)
+        place, place2 = rng.sample(PLACES, 2)
+        fill = {"IO": io, "S": s, "PLACE": place, "PLACE2": place2, "OBJECT": rng.choice(OBJECTS)}
+        clean.append(TEMPLATE.format(S2=s, **fill))
+        corrupted.append(TEMPLATE.format(S2=io, **fill))
+        answer.append(f" {io}")
+        wrong.append(f" {s}")
+    return PromptPairs(clean, corrupted, answer, wrong)
+
+
+# --------------------------------------------------------------------------- memory
+
+
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+class PeakMemory:
+    """Resident-set (and CUDA) peak of one phase, above the level just before it, in MB."""
+
+    def __init__(self, cuda: bool) -> None:
+        self.cuda = cuda
+
+    def __enter__(self) -> "PeakMemory":
+        self.exact = _reset_hwm() and _status_kb("VmHWM") is not None
+        self.rss_before = _status_kb("VmRSS") or 0
+        self.maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.cuda_before = torch.cuda.memory_allocated()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.cuda:
+            torch.cuda.synchronize()
+            self.cuda_mb = (torch.cuda.max_memory_allocated() - self.cuda_before) / 2**20
+            self.cuda_total_mb = torch.cuda.max_memory_allocated() / 2**20
+        if self.exact:
+            self.rss_mb = ((_status_kb("VmHWM") or 0) - self.rss_before) / 1024
+        else:  # ru_maxrss is in kB on Linux
+            self.rss_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.maxrss_before) / 1024
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats (default 3)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--prompts", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    run_start = time.perf_counter()
+    cuda = args.device == "cuda"
+
+    # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
+    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, seed=args.seed)
+    pairs = orient_answers(hf, tokenizer, ioi_pairs16(args.prompts, seed=args.seed))
+    with tempfile.TemporaryDirectory() as directory:
+        save_model(hf, tokenizer, directory)
+        del hf
+        model = load_model(directory, device=args.device)
+        bridge = boot_transformer_lens(directory, device=args.device)
+    tokens = pairs.tokenize(model.tokenizer)
+    assert bool(tokens.attention_mask.bool().all()), "prompts must all have the same length"
+    clean_ids, corrupted_ids = tokens.clean_ids.to(args.device), tokens.require_corrupted().to(args.device)
+    with torch.no_grad():
+        ids = torch.cat([clean_ids, corrupted_ids])
+        hf_logits = model.hf(ids).logits
+        logits_rel = float((hf_logits - bridge(ids)).abs().max()) / float(hf_logits.abs().max())
+        del hf_logits
+    s2 = int((tokens.clean_ids != tokens.require_corrupted()).float().argmax(dim=1).min())
+    print(
+        f"model: GPT-2 small architecture, random init (seed {args.seed}), 12 layers x 12 heads, d_model 768, "
+        f"vocab {len(tokenizer)}, n_positions 1024; {tokens.n} IOI prompt pairs of {tokens.seq_len} tokens, "
+        f"STR at S2 (token {s2}); device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
+    print(f"bridge vs HF logits: max |diff| / max |logit| = {logits_rel:.3g}")
+
+    def ours() -> tuple[np.ndarray, float]:
+        with torch.no_grad():
+            result = patch(model, pairs, "attn_head", "str", "logit_diff")
+        return result.mean, float(result.ld_clean.mean() - result.ld_corrupted.mean())
+
+    def theirs() -> np.ndarray:
+        with torch.no_grad():
+            return transformer_lens_effects(bridge, tokens, "attn_head", "all", "logit_diff", "denoise")
+
+    def timed(fn: Callable[[], Any]) -> tuple[Any, float, PeakMemory]:
+        with PeakMemory(cuda) as memory:
+            if cuda:
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            value = fn()
+            if cuda:
+                torch.cuda.synchronize()
+            seconds = time.perf_counter() - start
+        return value, seconds, memory
+
+    # Warm-up: a full interp-tests sweep; TransformerLens' caching run and one hooked (patching) pass.
+    (_, gap), warm_ours, _ = timed(ours)
+
+    def tl_warmup() -> None:
+        with torch.no_grad():
+            _, cache = bridge.run_with_cache(clean_ids)
+            name = "blocks.0.attn.hook_z"
+            bridge.run_with_hooks(corrupted_ids, fwd_hooks=[(name, lambda z, hook: cache[name])])
+
+    _, warm_tl, _ = timed(tl_warmup)
+    print(f"warm-up: interp-tests sweep {warm_ours:.2f} s, TransformerLens caching + 1 hooked pass {warm_tl:.2f} s")
+    print(f"mean LD_clean - mean LD_corrupted = {gap:.4f}")
+
+    times: dict[str, list[float]] = {"interp-tests": [], "TransformerLens": []}
+    memories: dict[str, list[PeakMemory]] = {"interp-tests": [], "TransformerLens": []}
+    diffs, scale = [], 0.0
+    for r in range(args.repeats):
+        (ours_map, _), ours_s, ours_mem = timed(ours)
+        tl_map, tl_s, tl_mem = timed(theirs)
+        diff = float(np.abs(ours_map - tl_map).max()) if ours_map.shape == tl_map.shape else float("inf")
+        diffs.append(diff)
+        scale = max(scale, float(np.abs(tl_map).max()))
+        times["interp-tests"].append(ours_s)
+        times["TransformerLens"].append(tl_s)
+        memories["interp-tests"].append(ours_mem)
+        memories["TransformerLens"].append(tl_mem)
+        print(
+            f"repeat {r + 1}/{args.repeats}: interp-tests {ours_s:.2f} s, TransformerLens {tl_s:.2f} s, "
+            f"ratio {tl_s / ours_s:.2f}, max |diff| {diff:.3g}",
+            flush=True,
+        )
+
+    exact = all(m.exact for ms in memories.values() for m in ms)
+    print(
+        f"\n144-head all-positions sweep (12x12 map), {args.repeats} interleaved repeats; peak RSS = "
+        + ("VmHWM during the phase - RSS before it" if exact else "ru_maxrss growth during the phase (new peaks only)")
+        + ", max over repeats"
+    )
+    header = f"{'method':<18}{'median s':>10}{'min s':>10}{'peak RSS +MB':>14}"
+    if cuda:
+        header += f"{'CUDA peak +MB':>15}{'CUDA peak MB':>14}"
+    print(header)
+    print("-" * len(header))
+    for name, values in times.items():
+        line = f"{name:<18}{statistics.median(values):>10.2f}{min(values):>10.2f}"
+        line += f"{max(m.rss_mb for m in memories[name]):>14.0f}"
+        if cuda:
+            line += f"{max(m.cuda_mb for m in memories[name]):>15.0f}{max(m.cuda_total_mb for m in memories[name]):>14.0f}"
+        print(line)
+    max_diff = max(diffs)
+    print(f"max |interp-tests - TransformerLens| over repeats = {max_diff:.3g} (max |effect| {scale:.3g}, bound {TOLERANCE})")
+    print(f"total runtime {time.perf_counter() - run_start:.0f} s")
+    failed = False
+    if not abs(gap) > MIN_GAP:
+        print(f"FAIL: the logit-difference normalisation is ill-conditioned (|gap| {abs(gap):.3g} <= {MIN_GAP})")
+        failed = True
+    if not max_diff <= TOLERANCE:
+        print(f"FAIL: interp-tests and TransformerLens disagree by {max_diff:.3g} > {TOLERANCE}")
+        failed = True
+    ratios = [t / o for o, t in zip(times["interp-tests"], times["TransformerLens"])]
+    print(f"speedup_vs_transformer_lens={statistics.median(ratios):.2f}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
