@@ -2,7 +2,10 @@
 
 Builds a GPT-2-small-architecture model offline (12 layers x 12 heads, d_model 768, vocabulary 50257,
 n_positions 1024, random init with a fixed seed; a word-level tokenizer whose vocabulary is the IOI words
-padded with filler words to 50257 entries, so every word is one token), saves it, loads it with
+padded with filler words to 50257 entries, so every word is one token; weights drawn with std
+``--init-range`` 0.08: GPT-2's 0.02 leaves a random model's clean-corrupted gap below 0.1, and 0.2 makes the
+logits so large (~30) that TransformerLens' re-implemented attention drifts ~1e-3 in normalised units from
+the HF model's fp32 rounding), saves it, loads it with
 ``interp_tests.load_model`` and with TransformerLens' ``TransformerBridge.boot_transformers`` (no LayerNorm
 folding, so both compute the HF model's logits), and times the 144-head all-positions sweep under symmetric
 token replacement at S2 with the normalised logit difference of batch means at the last position:
@@ -37,6 +40,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -58,7 +62,7 @@ from interp_tests.testing import (  # noqa: E402
 
 TOLERANCE = 1e-4
 MIN_GAP = 0.1
-# 16 tokens under the word-level tokenizer; S2 is token 12. (testing.IOI_TEMPLATE has 14.)
+# 16 tokens under the word-level tokenizer; S2 is token 11 (0-based). (testing.IOI_TEMPLATE has 14.)
 TEMPLATE = "When {IO} and {S} went to the {PLACE} and {PLACE2} , {S2} gave a {OBJECT} to"
 
 
@@ -106,7 +110,7 @@ class PeakMemory:
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
 
-    def __enter__(self) -> "PeakMemory":
+    def __enter__(self) -> PeakMemory:
         self.exact = _reset_hwm() and _status_kb("VmHWM") is not None
         self.rss_before = _status_kb("VmRSS") or 0
         self.maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -116,7 +120,7 @@ class PeakMemory:
             self.cuda_before = torch.cuda.memory_allocated()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self.cuda:
             torch.cuda.synchronize()
             self.cuda_mb = (torch.cuda.max_memory_allocated() - self.cuda_before) / 2**20
@@ -137,12 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init-range", type=float, default=0.08, help="std of the random weights (default 0.08)")
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
+    # A random model is at chance on IOI by construction; patch() would warn on every sweep.
+    warnings.filterwarnings("ignore", message="The model's clean accuracy")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -150,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     cuda = args.device == "cuda"
 
     # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
-    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, seed=args.seed)
+    hf, tokenizer = tiny_gpt2(
+        12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=args.init_range, seed=args.seed
+    )
     pairs = orient_answers(hf, tokenizer, ioi_pairs16(args.prompts, seed=args.seed))
     with tempfile.TemporaryDirectory() as directory:
         save_model(hf, tokenizer, directory)
@@ -167,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         del hf_logits
     s2 = int((tokens.clean_ids != tokens.require_corrupted()).float().argmax(dim=1).min())
     print(
-        f"model: GPT-2 small architecture, random init (seed {args.seed}), 12 layers x 12 heads, d_model 768, "
+        f"model: GPT-2 small architecture, random init (std {args.init_range}, seed {args.seed}), 12 layers x 12 heads, d_model 768, "
         f"vocab {len(tokenizer)}, n_positions 1024; {tokens.n} IOI prompt pairs of {tokens.seq_len} tokens, "
         f"STR at S2 (token {s2}); device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
