@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from . import __version__
 from .components import SITE_OF_KIND, SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError
@@ -325,8 +326,6 @@ def patch(
     }
     if corruption == "gn":
         settings["noise_scale"] = noise_scale
-    from . import __version__
-
     settings["version"] = __version__
     return PatchResult(
         metric=metric,
