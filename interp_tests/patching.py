@@ -26,6 +26,7 @@ from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
 
 DIRECTIONS = ("denoise", "noise")
+METHODS = ("exact", "attribution")
 Pairs = PromptPairs | TokenizedPairs
 # Activation memory one patched forward pass may use when the caller does not size batches.
 DEFAULT_BATCH_BYTES = 512 * 2**20
@@ -258,6 +259,7 @@ def patch(
     noise_scale: float = DEFAULT_NOISE_SCALE,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    method: str = "exact",
 ) -> PatchResult:
     """Patch every component of one kind and measure how much behaviour each restores.
 
@@ -275,7 +277,18 @@ def patch(
     inputs and ``seed`` give bit-identical results. The model runs in its own dtype but the metrics are
     computed in float32; see ``interp_tests.metrics`` for how far float16/bfloat16 sweeps move. The model's
     clean accuracy on the pairs is checked first: at chance, the sweep warns (``InterpWarning``).
+
+    ``method="attribution"`` estimates every effect by attribution patching instead (two forward passes and
+    one backward pass per metric; see ``interp_tests.attribution``); the result's ``is_estimate`` is true.
     """
+    _check_choice("method", method, METHODS)
+    if method == "attribution":
+        from .attribution import attribution_patch
+
+        return attribution_patch(
+            model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
+            seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=progress,
+        )
     check_metric(metric)
     _check_choice("direction", direction, DIRECTIONS)
     tokens = tokenize(model, pairs)
