@@ -34,22 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .components import SITE_OF_KIND, make_grid
-from .corruptions import (
-    DEFAULT_NOISE_SCALE,
-    Corruption,
-    RunInput,
-    corrupted_input,
-    corruption_name,
-)
+from .components import SITE_OF_KIND
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
-from .metrics import (
-    AnswerReader,
-    RunStats,
-    check_metric,
-    raw_effects,
-    warn_if_at_chance,
-)
+from .metrics import AnswerReader, RunStats, warn_if_at_chance
 from .models import PatchableModel
 from .results import PatchResult
 
@@ -135,32 +123,17 @@ def attribution_patch(
     """AtP estimates of ``patch(model, pairs, component, ...)``'s effects; ``patch(..., method="attribution")``
     calls this. Same arguments and result layout as the exact ``patch``; ``batch_size`` is prompts per pass
     and ``progress(done, total)`` counts prompts."""
-    from .patching import (
-        DIRECTIONS,
-        _check_choice,
-        _rows_per_pass,
-        _summary,
-        eval_mode,
-        run,
-        tokenize,
-    )
+    from .patching import _rows_per_pass, eval_mode, prepare_sweep, run, sweep_result
 
-    check_metric(metric)
-    _check_choice("direction", direction, DIRECTIONS)
-    tokens = tokenize(model, pairs)
-    grid = make_grid(
-        component, positions, n_layers=model.n_layers, n_heads=model.n_heads, seq_len=tokens.seq_len, window=window
+    tokens, grid, source, target = prepare_sweep(
+        model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
+        seed=seed, noise_scale=noise_scale,
     )
     if window != 1:
         raise SettingsError(
             f"window={window}: attribution patching estimates single-layer effects only; use window=1, or "
             "method='exact' for sliding-window patching."
         )
-    if isinstance(positions, str) and positions not in ("all", "each"):
-        tokens.position(positions)
-    clean_input = RunInput(tokens.clean_ids, None)
-    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
     site = SITE_OF_KIND[component]
     n, vocab = tokens.n, model.hf.config.vocab_size
     reader = AnswerReader(tokens, vocab)
@@ -206,37 +179,10 @@ def attribution_patch(
     patched = RunStats(**{
         f: (getattr(target_stats, f)[:, None] + torch.cat(estimates[f]).reshape(n, n_cells)).T for f in _FIELDS
     })
-    effects = {
-        name: value.T.reshape(n, *grid.shape).numpy() for name, value in raw_effects(patched, corrupt_stats).items()
-    }
-    settings = {  # the exact patch()'s keys, in its order
-        "model": model.name,
-        "model_fingerprint": model.fingerprint(),
-        "dataset": tokens.fingerprint(),
-        "n_prompts": n,
-        "component": component,
-        "positions": positions,
-        "corruption": corruption_name(corruption),
-        "direction": direction,
-        "window": window,
-        "seed": seed,
-        "method": METHOD,
-        "rows_per_pass": rows_per_pass,
-        "clean": _summary(clean_stats),
-        "corrupted": _summary(corrupt_stats),
-    }
-    if corruption == "gn":
-        settings["noise_scale"] = noise_scale
-    from . import __version__
-
-    settings["version"] = __version__
-    return PatchResult(
-        metric=metric,
-        effects=effects,
-        ld_clean=clean_stats.logit_diff.numpy(),
-        ld_corrupted=corrupt_stats.logit_diff.numpy(),
-        grid=grid,
-        settings=settings,
+    return sweep_result(
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
+        rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
     )
 
 

@@ -289,17 +289,10 @@ def patch(
             model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
             seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=progress,
         )
-    check_metric(metric)
-    _check_choice("direction", direction, DIRECTIONS)
-    tokens = tokenize(model, pairs)
-    grid = make_grid(
-        component, positions, n_layers=model.n_layers, n_heads=model.n_heads, seq_len=tokens.seq_len, window=window
+    tokens, grid, source, target = prepare_sweep(
+        model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
+        seed=seed, noise_scale=noise_scale,
     )
-    if isinstance(positions, str) and positions not in ("all", "each"):
-        tokens.position(positions)
-    clean_input = RunInput(tokens.clean_ids, None)
-    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
     site = SITE_OF_KIND[component]
     all_prompts = list(range(tokens.n))
     reader = AnswerReader(tokens, model.hf.config.vocab_size)
@@ -318,6 +311,61 @@ def patch(
         patched, rows_per_pass = _patched_stats(
             model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress
         )
+    return sweep_result(
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="exact",
+        rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
+    )
+
+
+def prepare_sweep(
+    model: PatchableModel,
+    pairs: Pairs,
+    component: str,
+    corruption: Corruption,
+    metric: str,
+    *,
+    positions: str | int,
+    window: int,
+    direction: str,
+    seed: int,
+    noise_scale: float,
+) -> tuple[TokenizedPairs, ComponentGrid, RunInput, RunInput]:
+    """Check a sweep's settings and build its tokens, grid, and source and target runs (for any method)."""
+    check_metric(metric)
+    _check_choice("direction", direction, DIRECTIONS)
+    tokens = tokenize(model, pairs)
+    grid = make_grid(
+        component, positions, n_layers=model.n_layers, n_heads=model.n_heads, seq_len=tokens.seq_len, window=window
+    )
+    if isinstance(positions, str) and positions not in ("all", "each"):
+        tokens.position(positions)
+    clean_input = RunInput(tokens.clean_ids, None)
+    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
+    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
+    return tokens, grid, source, target
+
+
+def sweep_result(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    grid: ComponentGrid,
+    patched: RunStats,
+    clean_stats: RunStats,
+    corrupt_stats: RunStats,
+    *,
+    metric: str,
+    method: str,
+    rows_per_pass: int,
+    component: str,
+    positions: str | int,
+    corruption: Corruption,
+    direction: str,
+    window: int,
+    seed: int,
+    noise_scale: float,
+) -> PatchResult:
+    """A PatchResult from patched stats ``[components, prompts]``, with the settings every method records."""
     effects = {
         name: value.T.reshape(tokens.n, *grid.shape).numpy() for name, value in raw_effects(patched, corrupt_stats).items()
     }
@@ -332,7 +380,7 @@ def patch(
         "direction": direction,
         "window": window,
         "seed": seed,
-        "method": "exact",
+        "method": method,
         "rows_per_pass": rows_per_pass,
         "clean": _summary(clean_stats),
         "corrupted": _summary(corrupt_stats),
