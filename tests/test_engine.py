@@ -25,8 +25,11 @@ from transformers import (
 
 import interp_tests as it
 from interp_tests.components import SITE_OF_KIND
+from interp_tests.corruptions import RunInput, corrupted_input
+from interp_tests.patching import shared_prefix
 
-WORDS = "<pad> When John Mary Tom Anna Bob went to the store shop , gave a drink book and then".split()
+WORDS = ["<pad>", "When", "John", "Mary", "Tom", "Anna", "Bob", "went", "to", "the", "store", "shop", ",", "gave", "a",
+         "drink", "book", "and", "then"]
 
 
 def word_tokenizer(**special: str) -> PreTrainedTokenizerFast:
@@ -68,6 +71,34 @@ PAIRS = it.PromptPairs(
 )
 
 
+# Three lengths (11, 14 and 19 tokens), so a batch is right-padded. Clean and corrupted first differ at tokens 6, 9
+# and 14: a sweep shares a 6-token prefix, and GN (which noises the differing tokens) shares the same one.
+PADDED = it.PromptPairs(
+    clean=[
+        "When Tom and Anna went , Tom gave a book to",
+        "When John and Mary went to the store , John gave a drink to",
+        "When Bob and Mary went to the shop and then to the store , Bob gave a drink to",
+    ],
+    corrupted=[
+        "When Tom and Anna went , Anna gave a book to",
+        "When John and Mary went to the store , Mary gave a drink to",
+        "When Bob and Mary went to the shop and then to the store , Mary gave a drink to",
+    ],
+    answer=["Anna", "Mary", "Mary"],
+    wrong=["Tom", "John", "Bob"],
+)
+KINDS = ["attn_head", "attn", "mlp", "resid"]
+SEED = 7  # not patch's default, so a sweep that ignored its seed would fail
+
+
+def shared_prefix_length(model: it.PatchableModel, pairs: it.PromptPairs, corruption: str) -> int:
+    """How many leading tokens the engine computes once for a sweep: the tests below need it > 0 to cover that path."""
+    tokens = pairs.tokenize(model.tokenizer)
+    runs = RunInput(tokens.clean_ids, None), corrupted_input(model, tokens, corruption, seed=SEED)
+    with torch.no_grad():
+        return shared_prefix(model, tokens, *runs).length
+
+
 # ---- an independent reference: forward hooks on the HF module, one prompt and one patch at a time ----
 def _module(model: it.PatchableModel, site: str, layer: int) -> torch.nn.Module:
     a = model.adapter
@@ -75,7 +106,22 @@ def _module(model: it.PatchableModel, site: str, layer: int) -> torch.nn.Module:
     return model.hf.get_submodule(f"{a.layers}.{layer}{path}")
 
 
-def _capture(model, ids, site, layers):
+def _last_logits(model, run, handles):
+    """Last-token logits of one unpadded prompt; ``run`` is (ids [1, seq], embedding delta [1, seq, d] or None).
+    The delta is added at the embedding module's output, as GN does; ``handles`` are removed afterwards."""
+    ids, delta = run
+    if delta is not None:
+        embed = model.hf.get_submodule(model.adapter.embed)
+        handles = [*handles, embed.register_forward_hook(lambda m, args, out: out + delta.to(out.dtype))]
+    try:
+        with torch.no_grad():
+            return model.hf(ids).logits[0, -1]
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _capture(model, run, site, layers):
     stored = {}
     hooks = []
     for layer in layers:
@@ -85,14 +131,10 @@ def _capture(model, ids, site, layers):
         else:
             hooks.append(module.register_forward_hook(
                 lambda m, args, out, layer=layer: stored.__setitem__(layer, (out[0] if isinstance(out, tuple) else out).clone())))
-    with torch.no_grad():
-        logits = model.hf(ids).logits[0, -1]
-    for h in hooks:
-        h.remove()
-    return logits, stored
+    return _last_logits(model, run, hooks), stored
 
 
-def _patched_logits(model, ids, site, layers, source, head, position):
+def _patched_logits(model, run, site, layers, source, head, position):
     d_head = model.shape.d_head
     features = slice(None) if head is None else slice(head * d_head, (head + 1) * d_head)
     pos = slice(None) if position is None else position
@@ -114,51 +156,64 @@ def _patched_logits(model, ids, site, layers, source, head, position):
                     return (overwrite(out[0], layer), *out[1:])
                 return overwrite(out, layer)
             hooks.append(module.register_forward_hook(post))
-    with torch.no_grad():
-        logits = model.hf(ids).logits[0, -1]
-    for h in hooks:
-        h.remove()
-    return logits
+    return _last_logits(model, run, hooks)
 
 
-def reference_sweep(model, pairs, kind, positions="all", window=1, direction="denoise"):
-    """Per-prompt raw effects {metric: [n, *grid]} and per-prompt LDs, computed independently."""
+def reference_sweep(model, pairs, kind, positions="all", window=1, direction="denoise", corruption="str", seed=0,
+                    noise_scale=3.0):
+    """Per-prompt raw effects {metric: [n, *grid]} and per-prompt LDs, computed independently.
+
+    With ``positions="each"`` the position axis is as long as the longest prompt, as the engine's is; positions
+    past a prompt's last token hold the unpatched target run's effect (0 when denoising, clean - corrupted when
+    noising), since a causal model's last-token logits cannot see them. For ``corruption="gn"`` only the noise
+    tensor comes from the library (it is not a fast path under test); it is added, cut to the prompt's own
+    length, to the corrupted run's embeddings.
+    """
     site = SITE_OF_KIND[kind]
     tok = model.tokenizer
     n_layers, n_heads = model.n_layers, model.n_heads
     out = {"prob": [], "logit_diff": [], "kl": []}
     ld_clean, ld_corr = [], []
+    if corruption == "gn":
+        noise = corrupted_input(model, pairs.tokenize(tok), "gn", seed=seed, noise_scale=noise_scale).embed_delta
+    max_len = max(len(tok(prompt)["input_ids"]) for prompt in pairs.clean)
     for i in range(len(pairs)):
-        clean = torch.tensor([tok(pairs.clean[i])["input_ids"]])
-        corrupted = torch.tensor([tok(pairs.corrupted[i])["input_ids"]])
+        clean_ids = torch.tensor([tok(pairs.clean[i])["input_ids"]])
+        seq = clean_ids.shape[1]
+        clean = (clean_ids, None)
+        if corruption == "gn":
+            corrupted = (clean_ids, noise[i : i + 1, :seq])
+        else:
+            corrupted = (torch.tensor([tok(pairs.corrupted[i])["input_ids"]]), None)
         a, w = tok.convert_tokens_to_ids(pairs.answer[i]), tok.convert_tokens_to_ids(pairs.wrong[i])
-        source_ids, target_ids = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
-        source_logits, cache = _capture(model, source_ids, site, range(n_layers))
-        target_logits, _ = _capture(model, target_ids, site, [])
+        source, target = (clean, corrupted) if direction == "denoise" else (corrupted, clean)
+        source_logits, cache = _capture(model, source, site, range(n_layers))
+        target_logits, _ = _capture(model, target, site, [])
         clean_logits, corr_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
         clean_lp = torch.log_softmax(clean_logits, -1)
 
-        def stats(logits):
+        def stats(logits, a=a, w=w, clean_lp=clean_lp):
             lp = torch.log_softmax(logits, -1)
             return lp[a].exp().item(), (logits[a] - logits[w]).item(), (clean_lp.exp() * (clean_lp - lp)).sum().item()
 
         p_corr, ld_c, kl_corr = stats(corr_logits)
+        p_t, ld_t, kl_t = stats(target_logits)
         ld_clean.append(stats(clean_logits)[1])
         ld_corr.append(ld_c)
-        seq = clean.shape[1]
         pos_range = range(seq) if positions == "each" else [None]
-        effects = {k: np.zeros((n_layers, len(pos_range), n_heads if kind == "attn_head" else 1)) for k in out}
+        grid = (n_layers, max_len if positions == "each" else 1, n_heads if kind == "attn_head" else 1)
+        unpatched = {"prob": p_t - p_corr, "logit_diff": ld_t - ld_c, "kl": kl_corr - kl_t}
+        effects = {k: np.full(grid, v) for k, v in unpatched.items()}
         for layer in range(n_layers):
             layers = range(max(0, layer - window // 2), min(n_layers, layer - (-window // 2)))
             for p_i, pos in enumerate(pos_range):
                 for h in range(n_heads if kind == "attn_head" else 1):
-                    logits = _patched_logits(model, target_ids, site, layers, cache, h if kind == "attn_head" else None, pos)
+                    logits = _patched_logits(model, target, site, layers, cache, h if kind == "attn_head" else None, pos)
                     p, ld, kl = stats(logits)
                     effects["prob"][layer, p_i, h] = p - p_corr
                     effects["logit_diff"][layer, p_i, h] = ld - ld_c
                     effects["kl"][layer, p_i, h] = kl_corr - kl
-        for k in out:
-            e = effects[k]
+        for k, e in effects.items():
             if positions != "each":
                 e = e[:, 0]
             if kind != "attn_head":
@@ -167,18 +222,23 @@ def reference_sweep(model, pairs, kind, positions="all", window=1, direction="de
     return {k: np.stack(v) for k, v in out.items()}, np.array(ld_clean), np.array(ld_corr)
 
 
-def assert_matches_reference(result, reference, atol=1e-5):
+def assert_matches_reference(result, reference, atol=1e-5, all_zero=False):
+    """Equal to ``atol`` everywhere. The reference must be nontrivial (agreeing with all zeros proves little) unless
+    the caller says every effect is 0; the normalised mean divides by the clean-corrupted gap, and so does its tolerance."""
     effects, ld_clean, ld_corr = reference
+    assert np.abs(ld_clean - ld_corr).max() > 0.05, "the corruption does not move the logit difference"
+    assert (np.abs(effects["logit_diff"]).max() > 0.05) != all_zero, "the reference effects are not what the test expects"
     np.testing.assert_allclose(result.ld_clean, ld_clean, atol=atol)
     np.testing.assert_allclose(result.ld_corrupted, ld_corr, atol=atol)
     for metric, expected in effects.items():
         np.testing.assert_allclose(result.effects[metric], expected, atol=atol, err_msg=metric)
-    normalised = effects["logit_diff"].mean(0) / (ld_clean.mean() - ld_corr.mean())
-    np.testing.assert_allclose(result.with_metric("logit_diff").mean, normalised, rtol=1e-4, atol=atol)
+    gap = ld_clean.mean() - ld_corr.mean()
+    normalised = effects["logit_diff"].mean(0) / gap
+    np.testing.assert_allclose(result.with_metric("logit_diff").mean, normalised, rtol=1e-4, atol=2 * atol / abs(gap))
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
-@pytest.mark.parametrize("kind", ["attn_head", "attn", "mlp", "resid"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_every_adapter_and_kind_matches_reference(arch, kind):
     model = build(arch)
     result = it.patch(model, PAIRS, kind)
@@ -186,22 +246,35 @@ def test_every_adapter_and_kind_matches_reference(arch, kind):
     assert_matches_reference(result, reference_sweep(model, PAIRS, kind))
 
 
+@pytest.mark.parametrize("corruption", ["str", "gn"])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_fast_paths_match_reference_on_a_padded_batch(arch, kind, direction, corruption):
+    """Shared-prefix keys and values, resuming at the first patched layer, last-token logits, right padding and
+    passes of 5 rows (mixing prompts, and heads) give the naive sweep's numbers, for either corruption."""
+    model = build(arch)
+    assert PADDED.tokenize(model.tokenizer).lengths.tolist() == [11, 14, 19]
+    assert shared_prefix_length(model, PADDED, corruption) == 6
+    result = it.patch(model, PADDED, kind, corruption, direction=direction, seed=SEED, batch_size=5)
+    reference = reference_sweep(model, PADDED, kind, direction=direction, corruption=corruption, seed=SEED)
+    # Writing the corrupted residual stream at every position into the clean run *is* the corrupted run: all 0.
+    assert_matches_reference(result, reference, all_zero=kind == "resid" and direction == "noise")
+
+
+@pytest.mark.parametrize("corruption", ["str", "gn"])
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("kind", ["attn_head", "mlp", "resid"])
-def test_each_position_matches_reference(kind):
-    model = build("gpt2")
-    pairs = PAIRS[:2]  # equal lengths: positions line up
-    result = it.patch(model, pairs, kind, positions="each")
-    seq = result.grid.seq_len
-    assert result.shape == ((3, seq, 4) if kind == "attn_head" else (3, seq))
-    assert_matches_reference(result, reference_sweep(model, pairs, kind, positions="each"))
-
-
-@pytest.mark.parametrize("kind, positions", [("attn_head", "all"), ("mlp", "each")])
-def test_noise_direction_matches_reference(kind, positions):
+def test_each_position_matches_reference_on_a_padded_batch(kind, direction, corruption):
+    """One position at a time, all rows of a layer in one pass: cells inside the shared prefix (which the engine
+    never runs) and past a short prompt's end (padding) must equal the unpatched run, every other cell the naive
+    sweep. One architecture: position bookkeeping is the engine's, not the adapter's (each adapter is above)."""
     model = build("llama")
-    pairs = PAIRS[:2]
-    result = it.patch(model, pairs, kind, positions=positions, direction="noise")
-    assert_matches_reference(result, reference_sweep(model, pairs, kind, positions=positions, direction="noise"))
+    assert shared_prefix_length(model, PADDED, corruption) == 6
+    result = it.patch(model, PADDED, kind, corruption, positions="each", direction=direction, seed=SEED)
+    assert result.shape == ((3, 19, 4) if kind == "attn_head" else (3, 19))
+    reference = reference_sweep(model, PADDED, kind, positions="each", direction=direction, corruption=corruption, seed=SEED)
+    assert_matches_reference(result, reference)
 
 
 def test_sliding_window_matches_reference_and_window_sum_adds_single_layers():
