@@ -6,27 +6,44 @@ Patching component ``c`` replaces its activation ``a_target`` by ``a_source``. A
     M(patched_c) - M(target) ~= (a_source_c - a_target_c) . dM/da_c |_target
 
 so one forward pass of the source run (its activations), one forward pass of the target run with autograd on,
-and one backward pass per metric give every component's estimate at once. ``M`` is the per-prompt raw metric:
-the logit difference, the probability of the answer set, and ``KL(clean || run)``; the estimates of the
-patched runs' metrics are turned into effects by ``metrics.raw_effects``, exactly as the exact engine does
-(so the KL effect ``KL_corr - KL_patched`` is estimated as ``-(delta_a . dKL/da)`` in the denoise direction).
-All three metrics come from the same two forward passes, with three backward passes (one per metric).
+and one backward pass give every component's estimate at once. ``M`` is the per-prompt raw metric: the
+logit difference, the probability of the answer set, or ``KL(clean || run)``; the estimated patched metric is
+turned into an effect by ``metrics.raw_effects``, exactly as the exact engine does (so the KL effect
+``KL_corr - KL_patched`` is estimated as ``-(delta_a . dKL/da)`` in the denoise direction). Each metric needs
+its own backward pass, so an estimate holds the requested metric only (``with_metric`` to another raises).
+
+The runs reuse the exact engine's shortcuts: positions before the first one where the runs differ are
+computed once and enter both runs as cached keys and values (their activations are equal in both runs, so
+their estimates are exactly 0, as their exact effects are), and logits are computed at the last token only.
 
 ``direction="denoise"`` (default) linearises at the corrupted run and moves clean activations in;
-``"noise"`` linearises at the clean run and moves corrupted activations in. Note that ``KL(clean || run)``
-has zero gradient at the clean run, so noise-direction KL estimates are all ``KL_corrupted`` (a known
-limitation of first-order estimates, not a bug).
+``"noise"`` linearises at the clean run and moves corrupted activations in. ``KL(clean || run)`` has zero
+gradient at the clean run, so noise-direction KL estimates are all ``KL_corrupted`` (a known limitation of
+first-order estimates, not a bug).
 
-The result is a ``PatchResult`` with ``settings["method"] == "attribution"`` (``.is_estimate`` is true) and
-the same settings keys as the exact ``patch``; ``rows_per_pass`` counts prompts per forward pass. Sliding
-windows (``window > 1``) are not supported. Not implemented: AtP*'s QK fix for attention saturation and
-GradDrop (Kramar et al. 2024), so large-effect heads whose attention pattern saturates can be badly
-under-estimated: ``verify_top`` / ``compare_with_exact`` check estimates against the exact sweep.
+AtP* (Kramar et al. 2024) adds two fixes for false negatives:
+
+* GradDrop (``grad_drop=True``): effects cancelling along different paths can hide a component. For each
+  layer l the estimate is recomputed with no gradient flowing through layer l's residual-stream contribution
+  (its attention and MLP outputs), and the result is the mean of their absolute values over the layers whose
+  block does not hold the component. One extra backward pass per layer. These are magnitudes, >= 0: use
+  them to rank components (``top``, ``verify_top``), not to claim a sign.
+* The QK fix recomputes a head's attention softmax exactly when the node patched is that head's query or
+  key. interp-tests' components are head outputs, attention and MLP outputs and the residual stream; each
+  one's change ``a_source - a_target`` is read exactly from the two runs, so no component's own softmax is
+  linearised and the fix has nothing to correct. Saturation in *downstream* heads is linearised, by AtP and
+  AtP* alike: check the largest estimates exactly (``verify_top``, or ``verify_top`` in a claim).
+
+The result is a ``PatchResult`` with ``settings["method"] == "attribution"`` (``.is_estimate`` is true),
+``settings["grad_drop"]`` and the same other settings keys as the exact ``patch``; ``rows_per_pass`` counts
+prompts per pass. Sliding windows (``window > 1``) are not supported.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,11 +51,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from .components import SITE_OF_KIND
+from .claims import ClaimError
+from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
 from .metrics import AnswerReader, RunStats, warn_if_at_chance
 from .models import PatchableModel
+from .patching import (
+    SharedPrefix,
+    _rows_per_pass,
+    _site_activation,
+    eval_mode,
+    exact_patch,
+    prepare_sweep,
+    run,
+    shared_prefix,
+    sweep_result,
+)
 from .results import PatchResult
 
 METHOD = "attribution"
@@ -49,7 +78,8 @@ _FIELDS = ("prob", "logit_diff", "kl")
 def _parameters_require_grad(model: PatchableModel) -> Iterator[None]:
     """Activations only carry a graph when something upstream requires grad: switch it on for frozen models.
 
-    ``torch.autograd.grad`` is asked only for activation gradients, so no parameter's ``.grad`` is touched.
+    ``torch.autograd.grad`` is asked only for activation gradients, so no parameter's ``.grad`` is touched
+    and no weight gradient is computed.
     """
     frozen = [p for p in model.hf.parameters() if not p.requires_grad]
     for p in frozen:
@@ -62,47 +92,77 @@ def _parameters_require_grad(model: PatchableModel) -> Iterator[None]:
 
 
 def _grad_run(
-    model: PatchableModel, tokens: Any, run_input: RunInput, index: torch.Tensor, site: str
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Forward pass over prompts ``index`` with autograd on: last-token logits [rows, vocab] and every
-    layer's live (graph-connected) activation of ``site`` [rows, seq, features]."""
-    # Imported here: patching imports this module lazily, and _site_activation lives there.
-    from .patching import _site_activation
+    model: PatchableModel, tokens: Any, run_input: RunInput, index: torch.Tensor, sites: set[str], prefix: SharedPrefix
+) -> tuple[torch.Tensor, dict[tuple[int, str], torch.Tensor]]:
+    """Forward pass over prompts ``index`` from the end of the shared prefix, with autograd on.
 
+    Returns last-token logits [rows, vocab] and each layer's live (graph-connected) activation of every
+    site in ``sites`` [rows, seq - prefix, features]. The prefix's keys and values come from the cache and
+    carry no graph: nothing a patch after the prefix does can change them.
+    """
     device = model.device
-    ids = run_input.ids[index].to(device)
+    start = prefix.length
+    ids = run_input.ids[index, start:].to(device)
     mask = tokens.attention_mask[index].to(device)
-    last = tokens.lengths[index] - 1
+    last = tokens.lengths[index] - 1 - start
     read_at, row_read = torch.unique(last, return_inverse=True)
-    delta = None if run_input.embed_delta is None else run_input.embed_delta[index].to(device)
+    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
     inputs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": read_at.to(device)}
-    activations = []
+    if prefix.past is not None:
+        inputs["past_key_values"] = prefix.past_for(index)
+    activations = {}
     with model.nn.trace(inputs):
         if delta is not None:
             embeddings = model.envoy(model.adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
         for layer in range(model.n_layers):
-            activations.append(_site_activation(model, site, layer).save())
+            for site in SITE_ORDER:
+                if site in sites:
+                    activations[(layer, site)] = _site_activation(model, site, layer).save()
         logits = model.envoy(model.adapter.unembed).output
         final = logits[torch.arange(len(index), device=device), row_read.to(device)].save()
-    return final, list(activations)
+    return final, dict(activations)
 
 
 def _per_component(
-    products: torch.Tensor, kind: str, positions: str | int, tokens: Any, index: torch.Tensor, d_head: int
+    products: torch.Tensor, kind: str, positions: str | int, tokens: Any, index: torch.Tensor, d_head: int, start: int
 ) -> torch.Tensor:
-    """``delta . grad`` elementwise [rows, seq, features] -> one layer's estimates [rows, (seq), (heads)]."""
-    rows, seq, features = products.shape
+    """``delta . grad`` elementwise [rows, seq - start, features] -> one layer's estimates [rows, (seq), (heads)].
+
+    Positions before ``start`` (the shared prefix) are the same in both runs: their estimate is 0.
+    """
+    rows, _, features = products.shape
     if kind == "attn_head":
-        per = products.reshape(rows, seq, features // d_head, d_head).sum(-1)
+        per = products.reshape(rows, -1, features // d_head, d_head).sum(-1)
     else:
         per = products.sum(-1)
     if positions == "all":
         return per.sum(1)
+    per = torch.cat([per.new_zeros((rows, start, *per.shape[2:])), per], dim=1)
     if positions == "each":
         return per
     at = torch.full((rows,), positions) if isinstance(positions, int) else tokens.position(positions)[index]
     return per[torch.arange(rows), at.to(per.device)]
+
+
+def _estimates(
+    grads: Sequence[torch.Tensor | None],
+    *,
+    deltas: list[torch.Tensor],
+    component: str,
+    positions: str | int,
+    tokens: Any,
+    index: torch.Tensor,
+    d_head: int,
+    start: int,
+) -> torch.Tensor:
+    """Every layer's ``delta . grad`` per component: [rows, layers, (seq), (heads)]; 0 where no gradient reached."""
+    per_layer = [
+        None if g is None else _per_component((d * g).float().cpu(), component, positions, tokens, index, d_head, start)
+        for d, g in zip(deltas, grads)
+    ]
+    shape = next(p.shape for p in per_layer if p is not None)
+    return torch.stack([torch.zeros(shape) if p is None else p for p in per_layer], dim=1)
 
 
 def attribution_patch(
@@ -117,14 +177,15 @@ def attribution_patch(
     direction: str = "denoise",
     seed: int = 0,
     noise_scale: float = DEFAULT_NOISE_SCALE,
+    grad_drop: bool = False,
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> PatchResult:
-    """AtP estimates of ``patch(model, pairs, component, ...)``'s effects; ``patch(..., method="attribution")``
-    calls this. Same arguments and result layout as the exact ``patch``; ``batch_size`` is prompts per pass
-    and ``progress(done, total)`` counts prompts."""
-    from .patching import _rows_per_pass, eval_mode, prepare_sweep, run, sweep_result
-
+    """AtP estimates of ``patch(model, pairs, component, ...)``'s effects under ``metric``;
+    ``patch(..., method="attribution")`` calls this. Same arguments and result layout as the exact ``patch``,
+    except that the result holds ``metric``'s effects only (one backward pass per metric). ``grad_drop=True``
+    gives AtP*'s GradDrop magnitudes (see the module docstring); ``batch_size`` is prompts per pass and
+    ``progress(done, total)`` counts prompts."""
     tokens, grid, source, target = prepare_sweep(
         model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
         seed=seed, noise_scale=noise_scale,
@@ -138,52 +199,82 @@ def attribution_patch(
     n, vocab = tokens.n, model.hf.config.vocab_size
     reader = AnswerReader(tokens, vocab)
     reader.clean_logprobs = torch.zeros(n, vocab)  # filled chunk by chunk, as set_clean would
-    rows_per_pass = _rows_per_pass(model, tokens.seq_len, tokens.seq_len, batch_size)
-    estimates: dict[str, list[torch.Tensor]] = {f: [] for f in _FIELDS}
-    clean_chunks, source_chunks, target_chunks = [], [], []
-    with eval_mode(model), _parameters_require_grad(model):
-        for begin in range(0, n, rows_per_pass):
-            index = torch.arange(begin, min(n, begin + rows_per_pass))
-            with torch.no_grad():
-                source_logits, cache = run(model, tokens, source, index.tolist(), cache_sites=(site,))
-            with torch.enable_grad():
-                target_logits, activations = _grad_run(model, tokens, target, index, site)
-                clean_logits = source_logits if direction == "denoise" else target_logits.detach().float().cpu()
+    estimates: list[torch.Tensor] = []
+    target_chunks = []
+    with eval_mode(model):
+        with torch.no_grad():
+            prefix = shared_prefix(model, tokens, source, target)
+            source_logits, cache = run(model, tokens, source, list(range(n)), cache_sites=(site,), prefix=prefix)
+        rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+        sites = {site, "attn", "mlp"} if grad_drop else {site}
+        with _parameters_require_grad(model), torch.enable_grad():
+            for begin in range(0, n, rows_per_pass):
+                index = torch.arange(begin, min(n, begin + rows_per_pass))
+                target_logits, live = _grad_run(model, tokens, target, index, sites, prefix)
+                clean_logits = source_logits[index] if direction == "denoise" else target_logits.detach()
                 reader.clean_logprobs[index] = torch.log_softmax(clean_logits.float().cpu(), dim=-1)
-                stats = reader.stats(target_logits, index)
-                deltas = [(cache[(layer, site)] - a.detach()).to(a.dtype) for layer, a in enumerate(activations)]
-                for f in _FIELDS:
-                    grads = torch.autograd.grad(getattr(stats, f).sum(), activations, retain_graph=f != _FIELDS[-1],
-                                                allow_unused=True)
-                    per_layer = [
-                        torch.zeros(()) if g is None else
-                        _per_component((d * g).float().cpu(), component, positions, tokens, index, model.shape.d_head)
-                        for d, g in zip(deltas, grads)
-                    ]
-                    shape = next((p.shape for p in per_layer if p.dim()), None)
-                    per_layer = [p.expand(shape) if p.dim() == 0 else p for p in per_layer]
-                    estimates[f].append(torch.stack(per_layer, dim=1))  # [rows, layer, (seq), (head)]
-            clean_chunks.append(clean_logits.float().cpu())
-            source_chunks.append(source_logits.float().cpu())
-            target_chunks.append(target_logits.detach().float().cpu())
-            del activations, stats, deltas, cache
-            if progress is not None:
-                progress(int(index[-1]) + 1, n)
-        clean_logits = torch.cat(clean_chunks)
-        warn_if_at_chance(*reader.accuracy(clean_logits))
-        all_prompts = torch.arange(n)
-        source_stats = reader.stats(torch.cat(source_chunks), all_prompts)
-        target_stats = reader.stats(torch.cat(target_chunks), all_prompts)
+                value = getattr(reader.stats(target_logits, index), metric).sum()
+                activations = [live[(layer, site)] for layer in range(model.n_layers)]
+                deltas = [(cache[(layer, site)][index.to(a.device)] - a.detach()).to(a.dtype) for layer, a in enumerate(activations)]
+                estimate = functools.partial(
+                    _estimates, deltas=deltas, component=component, positions=positions, tokens=tokens, index=index,
+                    d_head=model.shape.d_head, start=prefix.length,
+                )
+                if grad_drop:
+                    estimates.append(_grad_drop(model, value, live, activations, estimate, site))
+                else:
+                    estimates.append(estimate(torch.autograd.grad(value, activations, allow_unused=True)))
+                target_chunks.append(target_logits.detach().float().cpu())
+                del live, activations, deltas, value
+                if progress is not None:
+                    progress(int(index[-1]) + 1, n)
+    clean_logits = source_logits if direction == "denoise" else torch.cat(target_chunks)
+    warn_if_at_chance(*reader.accuracy(clean_logits))
+    all_prompts = torch.arange(n)
+    source_stats = reader.stats(source_logits, all_prompts)
+    target_stats = reader.stats(torch.cat(target_chunks), all_prompts)
     clean_stats, corrupt_stats = (source_stats, target_stats) if direction == "denoise" else (target_stats, source_stats)
     n_cells = int(np.prod(grid.shape))
-    patched = RunStats(**{
-        f: (getattr(target_stats, f)[:, None] + torch.cat(estimates[f]).reshape(n, n_cells)).T for f in _FIELDS
-    })
-    return sweep_result(
+    raw = torch.cat(estimates).reshape(n, n_cells).T  # [components, prompts]: estimated change of the raw metric
+    patched = RunStats(**{f: getattr(target_stats, f)[None, :] + raw for f in _FIELDS})  # only `metric` is read
+    result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
         rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, metrics=(metric,),
     )
+    result.settings["grad_drop"] = grad_drop
+    return result
+
+
+def _grad_drop(
+    model: PatchableModel,
+    value: torch.Tensor,
+    live: dict[tuple[int, str], torch.Tensor],
+    activations: list[torch.Tensor],
+    estimate: Callable[[Sequence[torch.Tensor | None]], torch.Tensor],
+    site: str,
+) -> torch.Tensor:
+    """AtP*'s GradDrop: mean over layers l of |AtP estimate with no gradient through layer l's residual
+    contribution| (its attention and MLP outputs), over the layers whose block does not hold the component."""
+    dropped: list[int | None] = [None]
+
+    def hook(layer: int) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        return lambda grad: torch.zeros_like(grad) if dropped[0] == layer else None
+
+    handles = [live[(layer, s)].register_hook(hook(layer)) for layer in range(model.n_layers) for s in ("attn", "mlp")]
+    try:
+        total = None
+        for layer in range(model.n_layers):
+            dropped[0] = layer
+            grads = torch.autograd.grad(value, activations, retain_graph=layer < model.n_layers - 1, allow_unused=True)
+            magnitude = estimate(grads).abs()  # [rows, layers, ...]
+            if site != "resid":
+                magnitude[:, layer] = 0  # the component's own layer: its whole effect was dropped
+            total = magnitude if total is None else total + magnitude
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total / (model.n_layers - (site != "resid"))
 
 
 # ---- checking estimates against the exact sweep ---------------------------------------------------------
@@ -198,10 +289,24 @@ class AttributionComparison:
     pearson: float
     spearman: float
     worst: list[tuple[str, float, float]] = field(default_factory=list)  # (label, estimate, exact), largest |error|
+    verified: PatchResult | None = None  # from verify_top: the estimate with these components measured exactly
 
     @property
     def max_abs_error(self) -> float:
         return float(np.abs(self.estimate - self.exact).max()) if len(self.labels) else 0.0
+
+    def assert_within(self, tolerance: float) -> None:
+        """Fail (``ClaimError``) when an estimate misses its exact effect by more than ``tolerance``, in units
+        of the metric's mean effect (fractions of the clean-corrupted gap for the logit difference)."""
+        if self.max_abs_error <= tolerance:
+            return
+        missed = {label: (e, x) for label, e, x in self.worst if not abs(e - x) <= tolerance}
+        raise ClaimError(
+            f"Attribution estimates miss exact patching by up to {self.max_abs_error:.4g} (> tolerance "
+            f"{tolerance:g}) for {', '.join(missed)}:\n{self}\nThe first-order estimate is unreliable for these "
+            "components: use method='exact' for this claim, or allow a larger tolerance.",
+            claim="verified", labels=list(missed), threshold=tolerance, details={"estimate_exact": missed},
+        )
 
     def __str__(self) -> str:
         lines = [
@@ -242,31 +347,43 @@ def compare_with_exact(estimate: PatchResult, exact: PatchResult, k: int = 10) -
 def verify_top(
     model: PatchableModel, pairs: Any, estimate: PatchResult, k: int = 5, **patch_kwargs: Any
 ) -> AttributionComparison:
-    """Check the estimate's ``k`` largest-|effect| components against exact patching.
+    """Re-measure the estimate's ``k`` largest-|effect| components by exact patching, those ``k`` alone.
 
-    This runs the *full* exact sweep (as expensive as ``patch(..., method="exact")``) with the estimate's
-    settings (component, positions, corruption, direction, seed, noise scale; ``patch_kwargs`` override them,
-    e.g. ``corruption=`` for a callable corruption, which settings store only by name), then compares over
-    the top-``k`` components only; ``worst`` lists all ``k`` ordered by |error|.
+    The exact runs use the estimate's settings (component, positions, corruption, direction, seed, noise scale;
+    ``patch_kwargs`` override them, e.g. ``corruption=`` for a callable corruption, which settings store only
+    by name, or ``batch_size=``) and cost ``k`` patched runs per prompt. The comparison covers those ``k``
+    (``worst`` lists all of them by |error|); its ``verified`` result is the estimate with their effects
+    replaced by the exact ones. A GradDrop estimate holds magnitudes, so it is compared with |exact|.
     """
-    from .patching import patch
-
+    if not estimate.is_estimate:
+        raise SettingsError("verify_top checks an attribution estimate; this result is already exact.")
+    if not (isinstance(k, int) and 1 <= k <= len(estimate.labels)):
+        raise SettingsError(f"k={k!r}: verify between 1 and {len(estimate.labels)} components (the estimate's grid).")
     s = estimate.settings
     kwargs: dict[str, Any] = {
-        "component": s["component"], "corruption": s["corruption"], "positions": s["positions"],
-        "direction": s["direction"], "seed": s["seed"],
+        "component": s["component"], "corruption": s["corruption"], "positions": s["positions"], "window": 1,
+        "direction": s["direction"], "seed": s["seed"], "noise_scale": s.get("noise_scale", DEFAULT_NOISE_SCALE),
+        "batch_size": None, "progress": None,
     }
-    if "noise_scale" in s:
-        kwargs["noise_scale"] = s["noise_scale"]
     kwargs.update(patch_kwargs)
-    kwargs.update(metric=estimate.metric, method="exact")
-    exact = patch(model, pairs, **kwargs)
-    if exact.grid != estimate.grid:
-        raise SettingsError(f"The exact sweep patches different components: {exact.grid} vs {estimate.grid}.")
     est = estimate.mean.reshape(-1)
     top = np.argsort(-np.abs(est), kind="stable")[:k]
     labels = [estimate.labels[i] for i in top]
-    return _compare(estimate.metric, labels, est[top], exact.mean.reshape(-1)[top], k)
+    exact = exact_patch(model, pairs, metric=estimate.metric, only=labels, **kwargs)
+    if exact.grid != estimate.grid:
+        raise SettingsError(f"The exact sweep patches different components: {exact.grid} vs {estimate.grid}.")
+    metric = estimate.metric
+    measured = exact.effects[metric].reshape(estimate.n_prompts, -1)[:, top]
+    if s.get("grad_drop"):
+        measured = np.abs(measured)
+    effects = estimate.effects[metric].reshape(estimate.n_prompts, -1).copy()
+    effects[:, top] = measured
+    verified = PatchResult(
+        metric=metric, effects={metric: effects.reshape(estimate.effects[metric].shape)}, ld_clean=estimate.ld_clean,
+        ld_corrupted=estimate.ld_corrupted, grid=estimate.grid, settings=dict(estimate.settings, verified=labels),
+    )
+    comparison = _compare(metric, labels, est[top], verified.mean.reshape(-1)[top], k)
+    return dataclasses.replace(comparison, verified=verified)
 
 
 __all__: Sequence[str] = ("AttributionComparison", "attribution_patch", "compare_with_exact", "verify_top")

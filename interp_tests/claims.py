@@ -66,11 +66,12 @@ class ClaimError(AssertionError):
     """A localization claim that the sweep contradicts. The message is a report; the fields are data.
 
     ``claim`` names the assertion (``"detected"``, ``"not_detected"``, ``"top_k"``, ``"peak"``,
-    ``"baseline"``, ``"stable"``, ``"agree"``, ``"robust"``), ``labels`` the components that broke it and
-    ``figures`` their effect, z-score and rank. ``details`` holds a claim's own figures: per label the
+    ``"baseline"``, ``"stable"``, ``"agree"``, ``"robust"``, ``"verified"``), ``labels`` the components that
+    broke it and ``figures`` their effect, z-score and rank. ``details`` holds a claim's own figures: per label the
     bootstrap ``detection_rate``, ``effect_ci`` and ``z_ci`` (stable); ``spearman``, ``kendall``,
     ``jaccard`` and the ``minimums`` (agree); per label the settings it is ``detected_in`` and
-    ``n_settings`` (robust, whose ``threshold`` is ``at_least``).
+    ``n_settings`` (robust, whose ``threshold`` is ``at_least``); per label ``estimate_exact`` (verified,
+    from ``attribution.AttributionComparison.assert_within``, whose ``threshold`` is the tolerance).
     """
 
     def __init__(

@@ -33,6 +33,7 @@ from .errors import (
 from .specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
+    from .attribution import AttributionComparison
     from .corruptions import Corruption
     from .models import PatchableModel
     from .pairs import PromptPairs, TokenizedPairs
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from .robustness import Grid, OffDistribution, PairsSource
 
 METRICS = ("logit_diff", "prob", "kl")  # metrics.METRICS, which this torch-free module cannot import
+# verify_top's default: how far (in the metric's units; for the logit difference, a tenth of the
+# clean-corrupted gap) an attribution estimate may miss its exact effect.
+DEFAULT_VERIFY_TOLERANCE = 0.1
 # The sweep settings that determine the off-distribution check of a Gaussian-noise corruption.
 OFF_DISTRIBUTION_KEYS = ("version", "model_fingerprint", "dataset", "device", "seed", "noise_scale")
 
@@ -106,6 +110,7 @@ class InterpSession:
         self._pairs: dict[str, PromptPairs] = {}
         self._sweeps: dict[str, PatchResult] = {}
         self._distributions: dict[str, OffDistribution] = {}
+        self._verifications: dict[tuple[str, int], AttributionComparison] = {}
 
     def model(self, spec: str | None, *, base_dir: Path | None = None) -> PatchableModel:
         """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable."""
@@ -156,12 +161,26 @@ class InterpSession:
         seed: int = 0,
         noise_scale: float | None = None,
         batch_size: int | None = None,
+        method: str = "exact",
+        grad_drop: bool = False,
+        verify_top: int | None = None,
+        verify_tolerance: float = DEFAULT_VERIFY_TOLERANCE,
     ) -> PatchResult:
-        """``patch()`` through the in-session memo and the disk cache; notes in ``record`` where it came from."""
+        """``patch()`` through the in-session memo and the disk cache; notes in ``record`` where it came from.
+
+        An attribution estimate with ``verify_top=k`` has its ``k`` largest components re-measured exactly
+        (``attribution.verify_top``): a miss beyond ``verify_tolerance`` fails the claim (``ClaimError``),
+        otherwise the result carries the exact effects for those components.
+        """
         from . import __version__, patching
         from .cache import SweepCache, sweep_key
         from .corruptions import DEFAULT_NOISE_SCALE
 
+        if verify_top is not None and method != "attribution":
+            raise SettingsError(
+                f"verify_top={verify_top!r} re-measures an attribution estimate's top components, but this sweep "
+                f"is method={method!r}, whose effects are all exact: drop verify_top, or use method='attribution'."
+            )
         if self.options.seed is not None:
             seed = self.options.seed
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
@@ -170,7 +189,8 @@ class InterpSession:
         def compute() -> PatchResult:
             return patching.patch(
                 model, tokens, component, corruption, metric, positions=positions, window=window,
-                direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+                direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size, method=method,
+                grad_drop=grad_drop,
             )
 
         if not isinstance(corruption, str):
@@ -188,7 +208,10 @@ class InterpSession:
             "window": window,
             "direction": direction,
             "seed": seed,
+            "method": method,
         }
+        if method == "attribution":  # an estimate holds one metric
+            settings.update(metric=metric, grad_drop=grad_drop)
         if corruption == "gn":
             settings["noise_scale"] = noise_scale
         key = sweep_key(settings)
@@ -214,7 +237,28 @@ class InterpSession:
             _warn_off_distribution(self._off_distribution(model, tokens, settings))
         result = self._sweeps[key].with_metric(metric)
         result.settings["model"] = model.name
+        if verify_top is not None:
+            result = self._verified(model, tokens, result, key, verify_top, verify_tolerance, batch_size, record)
         return result
+
+    def _verified(
+        self, model: PatchableModel, tokens: TokenizedPairs, estimate: PatchResult, key: str, k: int, tolerance: float,
+        batch_size: int | None, record: ItemRecord,
+    ) -> PatchResult:
+        """The estimate with its top ``k`` components measured exactly (memoised per sweep and ``k``)."""
+        from .attribution import verify_top
+
+        memo = (key, k)
+        if memo not in self._verifications:
+            self._verifications[memo] = verify_top(model, tokens, estimate, k, batch_size=batch_size)
+        comparison = self._verifications[memo]
+        record.notes.append(
+            f"attribution estimate: its {k} largest effects re-measured exactly (max |error| "
+            f"{comparison.max_abs_error:.3g}, tolerance {tolerance:g})"
+        )
+        comparison.assert_within(tolerance)
+        assert comparison.verified is not None
+        return comparison.verified
 
     def _off_distribution(
         self, model: PatchableModel, tokens: TokenizedPairs, sweep_settings: dict[str, Any]
@@ -465,12 +509,16 @@ def interp_pairs(request: pytest.FixtureRequest) -> Callable[..., PromptPairs]:
 @pytest.fixture
 def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
     """``sweep(model=None, pairs=None, component="attn_head", corruption="str", metric="logit_diff", *,
-    positions="all", window=1, direction="denoise", seed=0, noise_scale=None, batch_size=None) -> PatchResult``.
+    positions="all", window=1, direction="denoise", seed=0, noise_scale=None, batch_size=None, method="exact",
+    grad_drop=False, verify_top=None, verify_tolerance=0.1) -> PatchResult``.
 
     ``patch()``, with the model and pairs defaulting to the test's markers, through the result cache: an
     unchanged sweep costs no forward pass, and a changed model, dataset, setting or library version
     recomputes. ``--interp-seed`` overrides ``seed``; ``noise_scale=None`` is the engine's default. A
     Gaussian-noise sweep that pushes the model off distribution warns (``InterpWarning``) with the table.
+    ``method="attribution"`` gives an AtP estimate (``grad_drop`` for AtP*'s GradDrop); ``verify_top=k`` then
+    re-measures its ``k`` largest components exactly and fails the test (``ClaimError``) when one misses by
+    more than ``verify_tolerance`` (in the metric's units), else returns the estimate with their exact effects.
     """
     session = session_of(request.config)
     record = record_of(request.node)
@@ -489,6 +537,10 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         seed: int = 0,
         noise_scale: float | None = None,
         batch_size: int | None = None,
+        method: str = "exact",
+        grad_drop: bool = False,
+        verify_top: int | None = None,
+        verify_tolerance: float = DEFAULT_VERIFY_TOLERANCE,
     ) -> PatchResult:
         nonlocal count
         chosen = _model_for(request, model)
@@ -497,6 +549,7 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         result = session.sweep(
             chosen, pairs, record, component=component, corruption=corruption, metric=metric, positions=positions,
             window=window, direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+            method=method, grad_drop=grad_drop, verify_top=verify_top, verify_tolerance=verify_tolerance,
         )
         count += 1
         session.write_report(result, _report_name(request.node, count), record)

@@ -14,13 +14,27 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__
 from .components import SITE_OF_KIND, SITE_ORDER, ComponentGrid, Site, make_grid
-from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
+from .corruptions import (
+    DEFAULT_NOISE_SCALE,
+    Corruption,
+    RunInput,
+    corrupted_input,
+    corruption_name,
+)
 from .errors import DeviceMemoryError, PromptError, SettingsError
-from .metrics import AnswerReader, RunStats, check_metric, raw_effects, warn_if_at_chance
+from .metrics import (
+    METRICS,
+    AnswerReader,
+    RunStats,
+    check_metric,
+    raw_effects,
+    warn_if_at_chance,
+)
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
@@ -225,7 +239,7 @@ def shared_prefix(model: PatchableModel, tokens: TokenizedPairs, *runs: RunInput
     if length == 0:
         return NO_PREFIX
     ids = runs[0].ids[:, :length].to(model.device)
-    past = model.hf(input_ids=ids, use_cache=True).past_key_values
+    past = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values  # logits are not read
     return SharedPrefix(length, past)
 
 
@@ -260,6 +274,7 @@ def patch(
     batch_size: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     method: str = "exact",
+    grad_drop: bool = False,
 ) -> PatchResult:
     """Patch every component of one kind and measure how much behaviour each restores.
 
@@ -279,7 +294,8 @@ def patch(
     clean accuracy on the pairs is checked first: at chance, the sweep warns (``InterpWarning``).
 
     ``method="attribution"`` estimates every effect by attribution patching instead (two forward passes and
-    one backward pass per metric; see ``interp_tests.attribution``); the result's ``is_estimate`` is true.
+    one backward pass, for ``metric`` only; see ``interp_tests.attribution``); the result's ``is_estimate`` is
+    true. ``grad_drop=True`` adds AtP*'s GradDrop to it (one more backward pass per layer).
     """
     _check_choice("method", method, METHODS)
     if method == "attribution":
@@ -287,8 +303,34 @@ def patch(
 
         return attribution_patch(
             model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
-            seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=progress,
+            seed=seed, noise_scale=noise_scale, grad_drop=grad_drop, batch_size=batch_size, progress=progress,
         )
+    if grad_drop:
+        raise SettingsError("grad_drop=True is part of attribution patching: use it with method='attribution'.")
+    return exact_patch(
+        model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
+        seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=progress,
+    )
+
+
+def exact_patch(
+    model: PatchableModel,
+    pairs: Pairs,
+    component: str,
+    corruption: Corruption,
+    metric: str,
+    *,
+    positions: str | int,
+    window: int,
+    direction: str,
+    seed: int,
+    noise_scale: float,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None,
+    only: Sequence[str] | None = None,
+) -> PatchResult:
+    """``patch(..., method="exact")``; with ``only`` (component labels), patches those components alone and
+    leaves every other effect NaN: what checking an estimate's top components costs."""
     tokens, grid, source, target = prepare_sweep(
         model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
         seed=seed, noise_scale=noise_scale,
@@ -308,8 +350,9 @@ def patch(
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         target_stats = corrupt_stats if direction == "denoise" else clean_stats
         rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+        cells = None if only is None else [int(np.ravel_multi_index(grid.index(label), grid.shape)) for label in only]
         patched, rows_per_pass = _patched_stats(
-            model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress
+            model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress, cells
         )
     return sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="exact",
@@ -364,10 +407,14 @@ def sweep_result(
     window: int,
     seed: int,
     noise_scale: float,
+    metrics: Sequence[str] = METRICS,
 ) -> PatchResult:
-    """A PatchResult from patched stats ``[components, prompts]``, with the settings every method records."""
+    """A PatchResult holding ``metrics``' effects from patched stats ``[components, prompts]``, with the
+    settings every method records."""
     effects = {
-        name: value.T.reshape(tokens.n, *grid.shape).numpy() for name, value in raw_effects(patched, corrupt_stats).items()
+        name: value.T.reshape(tokens.n, *grid.shape).numpy()
+        for name, value in raw_effects(patched, corrupt_stats).items()
+        if name in metrics
     }
     settings = {
         "model": model.name,
@@ -413,22 +460,29 @@ def _patched_stats(
     unpatched: RunStats,
     rows_per_pass: int,
     progress: Callable[[int, int], None] | None,
+    only_cells: Sequence[int] | None = None,
 ) -> tuple[RunStats, int]:
     """Stats of every (component, prompt) patched run, as fields shaped [components, prompts], and the
     rows per forward pass that fit in device memory.
 
     Runs are grouped by the first layer they patch and resume there from the target run's cache; a
     component that lies wholly inside the shared prefix changes nothing and keeps the unpatched stats.
-    A pass that runs out of device memory is retried with half its rows, down to one row.
+    A pass that runs out of device memory is retried with half its rows, down to one row. With
+    ``only_cells`` (flat indices) the other components are not run and their stats are NaN.
     """
     cells = grid.cells()
     sites = [grid.sites(cell) for cell in cells]
     fields = ("prob", "logit_diff", "kl")
     out = {f: getattr(unpatched, f).repeat(len(cells), 1) for f in fields}
     inert = [all(isinstance(s.position, int) and s.position < prefix.length for s in cell) for cell in sites]
+    if only_cells is not None:
+        skipped = torch.ones(len(cells), dtype=torch.bool)
+        skipped[list(only_cells)] = False
+        for f in fields:
+            out[f][skipped] = torch.nan
     by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for c, cell_sites in enumerate(sites):
-        if not inert[c]:
+        if not inert[c] and (only_cells is None or c in only_cells):
             by_layer[min(s.layer for s in cell_sites)].extend((c, p) for p in range(tokens.n))
     total = sum(len(rows) for rows in by_layer.values())
     done = 0

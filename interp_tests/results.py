@@ -53,7 +53,15 @@ class PatchResult(Claims):
 
     # -- views -----------------------------------------------------------------------------------
     def with_metric(self, metric: str) -> PatchResult:
-        """The same sweep read under another metric (no model runs: all metrics come from the same runs)."""
+        """The same sweep read under another metric (no model runs: all metrics come from the same runs).
+
+        Attribution estimates hold one metric only (AtP takes one backward pass per metric).
+        """
+        if check_metric(metric) not in self.effects:
+            raise SettingsError(
+                f"This result holds {', '.join(sorted(self.effects))} effects only, not {metric!r}: attribution "
+                f"patching estimates one metric per backward pass. Rerun it with metric={metric!r}."
+            )
         return PatchResult(
             metric=metric, effects=self.effects, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted,
             grid=self.grid, settings=self.settings,

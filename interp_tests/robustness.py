@@ -121,9 +121,10 @@ def grid(
     ``{"name": "ioi", "n": 64, "seed": 0}`` (its generator from ``interp_tests.tasks.TASKS`` is called with
     ``corrupt=`` each choice and this model's tokenizer), or a callable ``corrupt_tokens -> PromptPairs``
     (called with each choice, or once with None). Each (corruption, choice) costs one sweep; the metrics are
-    read from it for free. A setting whose metric cannot be computed honestly (a ``MetricError``, e.g. a
-    logit-difference denominator of ~0) is recorded in ``Grid.invalid`` with the reason. ``patch_kwargs``
-    go to ``patch`` (positions, window, direction, seed, noise_scale, batch_size, progress). ``sweep`` replaces
+    read from it for free (attribution estimates, ``method="attribution"``, take one sweep per metric). A
+    setting whose metric cannot be computed honestly (a ``MetricError``, e.g. a logit-difference denominator
+    of ~0) is recorded in ``Grid.invalid`` with the reason. ``patch_kwargs`` go to ``patch`` (positions,
+    window, direction, seed, noise_scale, batch_size, progress, method, grad_drop). ``sweep`` replaces
     ``patching.patch`` with a function of the same signature, e.g. one that serves sweeps from a cache.
     """
     clash = {"corruption", "metric"} & set(patch_kwargs)
@@ -144,16 +145,20 @@ def grid(
         for corruption in corruptions:
             keys = [Setting(corruption_name(corruption), choice, metric) for metric in metrics]
             settings += keys
-            try:
-                result = sweep(model, tokens, component, corruption, "prob", **patch_kwargs)
-            except MetricError as error:
-                invalid.update((key, str(error)) for key in keys)
-                continue
-            for key in keys:
+            # An exact sweep measures every metric at once (read as "prob", which never raises, then switched);
+            # an attribution estimate needs one sweep per metric.
+            exact = patch_kwargs.get("method", "exact") == "exact"
+            for group in [keys] if exact else [[key] for key in keys]:
                 try:
-                    results[key] = result.with_metric(key.metric)
+                    result = sweep(model, tokens, component, corruption, "prob" if exact else group[0].metric, **patch_kwargs)
                 except MetricError as error:
-                    invalid[key] = str(error)
+                    invalid.update((key, str(error)) for key in group)
+                    continue
+                for key in group:
+                    try:
+                        results[key] = result.with_metric(key.metric)
+                    except MetricError as error:
+                        invalid[key] = str(error)
     return Grid(component=component, sd=sd, settings=tuple(settings), results=results, invalid=invalid)
 
 

@@ -31,6 +31,12 @@ Schema::
           seed: 0                # Gaussian-noise seed
           noise_scale: 3.0       # Gaussian-noise scale, in SDs of the token embeddings
           batch_size: null       # rows per forward pass: memory only, never the numbers
+          method: exact          # exact | attribution (AtP: a first-order estimate of every effect from
+                                 # two forward passes and one backward pass)
+          grad_drop: false       # attribution only: AtP*'s GradDrop (magnitudes, for ranking)
+          verify_top: null       # attribution only: re-measure the k largest estimates exactly; the claim
+          verify_tolerance: 0.1  # fails if one misses by more than this (metric units), else its checks
+                                 # read the exact effects for those k
         robust:              # optional: the robustness grid that expect's `robust` checks, defaults
                              # shown; its other settings (component, positions, ...) are sweep's
           corruptions: [str, gn]
@@ -292,6 +298,10 @@ SWEEP_TYPES: FieldTypes = {
     "seed": (_is_int, "an integer (e.g. seed: 0)"),
     "noise_scale": (lambda v: _is_number(v) and v > 0, "a positive number (e.g. noise_scale: 3.0)"),
     "batch_size": (lambda v: v is None or _is_positive_int(v), "a positive integer, or null to size batches by memory"),
+    "method": (_is_str, "exact or attribution"),
+    "grad_drop": (lambda v: isinstance(v, bool), "true or false"),
+    "verify_top": (lambda v: v is None or _is_positive_int(v), "a positive integer (e.g. verify_top: 5), or null"),
+    "verify_tolerance": (_is_non_negative, "a number >= 0 (e.g. verify_tolerance: 0.1)"),
 }
 ROBUST_TYPES: FieldTypes = {
     "corruptions": (_is_names, "a non-empty list of corruption names (e.g. [str, gn])"),
@@ -299,6 +309,7 @@ ROBUST_TYPES: FieldTypes = {
     "corrupt_tokens": (lambda v: v is None or _is_names(v), "a non-empty list of the task's corrupt options (e.g. [S2, ABC])"),
 }
 SWEEP_KEYS = tuple(SWEEP_TYPES)
+ATTRIBUTION_KEYS = ("grad_drop", "verify_top", "verify_tolerance")
 # What each qualifying key of `expect` must be.
 EXPECT_TYPES: FieldTypes = {
     "sign": (lambda v: v in SIGNS, "positive, negative or both"),
@@ -653,6 +664,8 @@ def _checks(
     if e.agree_with is not None:
         minimums = {"min_spearman": e.min_spearman, "min_kendall": e.min_kendall, "min_jaccard": e.min_jaccard}
         other = {**claim.sweep, **e.agree_with}
+        if other.get("method", "exact") == "exact":  # estimates' own settings do not carry over to an exact sweep
+            other = {k: v for k, v in other.items() if k not in ATTRIBUTION_KEYS}
         checks.append(("agree_with", lambda: result.assert_agree(sweep(**other), **minimums, sd=e.sd, sign=e.sign)))
     if e.robust:
         checks.append(("robust", lambda: grid.assert_robust(*e.robust, at_least=e.at_least, sd=e.sd, sign=e.sign)))

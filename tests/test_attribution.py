@@ -16,6 +16,7 @@ from interp_tests.attribution import (
 )
 from interp_tests.components import SITE_OF_KIND
 from interp_tests.errors import SettingsError
+from interp_tests.metrics import METRICS
 
 EPS = 1e-4
 
@@ -98,13 +99,22 @@ def finite_differences(model, pairs, kind, positions="all", direction="denoise")
     return {k: np.stack(v) for k, v in out.items()}
 
 
-def assert_matches(result, expected, direction="denoise"):
+def estimates(model, pairs, kind, **settings):
+    """Attribution estimates of every metric's effects (one ``patch`` per metric: one backward pass each)."""
+    results = {m: it.patch(model, pairs, kind, metric=m, method="attribution", **settings) for m in METRICS}
+    for metric, result in results.items():
+        assert result.is_estimate and set(result.effects) == {metric}
+    return results
+
+
+def assert_matches(results, expected, direction="denoise"):
     # Denoise: the target run is the corrupted run, so the effect estimate is the derivative itself.
     # Noise: effect = M(patched clean run) - M(corrupted) ~= M_clean - M_corr + derivative.
     # Per-prompt offsets of prob and KL are not stored, so those are compared after removing each prompt's mean.
-    offset = {"prob": None, "logit_diff": result.ld_clean - result.ld_corrupted, "kl": None}
+    ld = results["logit_diff"]
+    offset = {"prob": None, "logit_diff": ld.ld_clean - ld.ld_corrupted, "kl": None}
     for metric, fd in expected.items():
-        got = result.effects[metric]
+        got = results[metric].effects[metric]
         if direction == "noise":
             if offset[metric] is None:
                 got = got - got.mean(axis=tuple(range(1, got.ndim)), keepdims=True)
@@ -117,36 +127,34 @@ def assert_matches(result, expected, direction="denoise"):
 
 @pytest.mark.parametrize("kind", ["attn_head", "attn", "mlp", "resid"])
 def test_estimate_is_the_finite_difference_derivative(model64, kind):
-    result = it.patch(model64, PAIRS, kind, method="attribution")
-    assert result.is_estimate and result.settings["method"] == "attribution"
-    assert result.shape == ((3, 4) if kind == "attn_head" else (3,))
-    assert_matches(result, finite_differences(model64, PAIRS, kind))
+    results = estimates(model64, PAIRS, kind)
+    assert results["kl"].settings["method"] == "attribution"
+    assert results["kl"].shape == ((3, 4) if kind == "attn_head" else (3,))
+    assert_matches(results, finite_differences(model64, PAIRS, kind))
 
 
 @pytest.mark.parametrize("kind", ["attn_head", "resid"])
 def test_each_position_is_the_finite_difference_derivative(model64, kind):
     pairs = PAIRS[:2]
-    result = it.patch(model64, pairs, kind, positions="each", method="attribution")
-    assert_matches(result, finite_differences(model64, pairs, kind, positions="each"))
+    assert_matches(estimates(model64, pairs, kind, positions="each"), finite_differences(model64, pairs, kind, positions="each"))
 
 
 def test_noise_direction_is_the_derivative_at_the_clean_run(model64):
-    result = it.patch(model64, PAIRS, "mlp", direction="noise", method="attribution")
-    assert_matches(result, finite_differences(model64, PAIRS, "mlp", direction="noise"), direction="noise")
+    results = estimates(model64, PAIRS, "mlp", direction="noise")
+    assert_matches(results, finite_differences(model64, PAIRS, "mlp", direction="noise"), direction="noise")
 
 
 def test_named_position_and_batching_agree_with_each(model64):
     pairs = PAIRS[:2]
-    each = it.patch(model64, pairs, "mlp", positions="each", method="attribution")
-    last = it.patch(model64, pairs, "mlp", positions="last", method="attribution", batch_size=1)
+    each = estimates(model64, pairs, "mlp", positions="each")
+    last = estimates(model64, pairs, "mlp", positions="last", batch_size=1)
     tokens = pairs.tokenize(model64.tokenizer)
-    for m in ("prob", "logit_diff", "kl"):
-        expected = each.effects[m][np.arange(2), :, tokens.last_positions.numpy()]
-        np.testing.assert_allclose(last.effects[m], expected, atol=1e-10)
+    for m in METRICS:
+        expected = each[m].effects[m][np.arange(2), :, tokens.last_positions.numpy()]
+        np.testing.assert_allclose(last[m].effects[m], expected, atol=1e-10)
     whole = it.patch(model64, PAIRS, "attn_head", method="attribution")
     one_by_one = it.patch(model64, PAIRS, "attn_head", method="attribution", batch_size=1)
-    for m in whole.effects:
-        np.testing.assert_allclose(one_by_one.effects[m], whole.effects[m], atol=1e-10)
+    np.testing.assert_allclose(one_by_one.effects["logit_diff"], whole.effects["logit_diff"], atol=1e-10)
 
 
 def test_gaussian_noise_corruption_runs(model64):
@@ -159,10 +167,11 @@ def test_settings_and_ld_match_the_exact_sweep():
     exact = it.patch(model, PAIRS, "attn_head")
     estimate = it.patch(model, PAIRS, "attn_head", method="attribution")
     assert not exact.is_estimate and estimate.is_estimate
-    assert set(estimate.settings) == set(exact.settings)
+    assert set(estimate.settings) == set(exact.settings) | {"grad_drop"}
     assert estimate.shape == exact.shape
-    for key in estimate.effects:
-        assert estimate.effects[key].shape == exact.effects[key].shape
+    assert estimate.effects["logit_diff"].shape == exact.effects["logit_diff"].shape
+    with pytest.raises(SettingsError, match="metric='kl'"):
+        estimate.with_metric("kl")
     np.testing.assert_allclose(estimate.ld_clean, exact.ld_clean, atol=1e-5)
     np.testing.assert_allclose(estimate.ld_corrupted, exact.ld_corrupted, atol=1e-5)
     comparison = compare_with_exact(estimate, exact, k=3)
@@ -185,3 +194,113 @@ def test_unsupported_settings_raise():
         it.patch(model, PAIRS, "mlp", method="atp")
     with pytest.raises(SettingsError, match="direction"):
         it.patch(model, PAIRS, "mlp", direction="sideways", method="attribution")
+
+
+def grad_drop_reference(model, pairs, kind):
+    """Per-prompt GradDrop magnitudes of the logit difference, by plain autograd: for each layer l a forward pass
+    whose layer-l attention and MLP outputs are detached, then mean |delta . grad| over the other layers."""
+    site, tok, n_layers = SITE_OF_KIND[kind], model.tokenizer, model.n_layers
+    params = [p for p in model.hf.parameters() if not p.requires_grad]
+    for p in params:
+        p.requires_grad_(True)
+    out = []
+    try:
+        for i in range(len(pairs)):
+            clean = torch.tensor([tok(pairs.clean[i])["input_ids"]])
+            corrupted = torch.tensor([tok(pairs.corrupted[i])["input_ids"]])
+            a, w = tok.convert_tokens_to_ids(pairs.answer[i]), tok.convert_tokens_to_ids(pairs.wrong[i])
+            _, clean_acts = _capture(model, clean, site)
+            total = 0
+            for dropped in range(n_layers):
+                live, hooks = {}, []
+                for layer in range(n_layers):
+                    module = _module(model, site, layer)
+                    if site in ("resid", "head"):
+                        hooks.append(module.register_forward_pre_hook(lambda m, args, layer=layer: live.__setitem__(layer, args[0])))
+                    else:
+                        hooks.append(module.register_forward_hook(
+                            lambda m, args, o, layer=layer: live.__setitem__(layer, o[0] if isinstance(o, tuple) else o)))
+                for part in ("attn", "mlp"):
+                    hooks.append(_module(model, part, dropped).register_forward_hook(
+                        lambda m, args, o: (o[0].detach(), *o[1:]) if isinstance(o, tuple) else o.detach()))
+                logits = model.hf(corrupted).logits[0, -1]
+                for h in hooks:
+                    h.remove()
+                layers = range(n_layers)
+                grads = torch.autograd.grad(logits[a] - logits[w], [live[layer] for layer in layers], allow_unused=True)
+                per_layer = []
+                for layer, g in zip(layers, grads):
+                    product = (clean_acts[layer] - live[layer].detach()) * (0 if g is None else g)
+                    if kind == "attn_head":
+                        product = product.reshape(*product.shape[:2], model.n_heads, -1)
+                    per_layer.append(product.sum(dim=(0, 1, -1) if kind == "attn_head" else None).abs().detach())
+                magnitude = torch.stack(per_layer)
+                if kind != "resid":
+                    magnitude[dropped] = 0
+                total = total + magnitude
+            out.append((total / (n_layers - (kind != "resid"))).numpy())
+    finally:
+        for p in params:
+            p.requires_grad_(False)
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("kind", ["attn_head", "mlp", "resid"])
+def test_grad_drop_matches_an_autograd_reference(model64, kind):
+    result = it.patch(model64, PAIRS, kind, method="attribution", grad_drop=True)
+    assert result.settings["grad_drop"] is True
+    expected = grad_drop_reference(model64, PAIRS, kind)
+    assert (expected > 0).any()
+    np.testing.assert_allclose(result.effects["logit_diff"], expected, rtol=1e-4, atol=1e-8)  # summed in float32
+    plain = it.patch(model64, PAIRS, kind, method="attribution")
+    assert not np.allclose(np.abs(plain.effects["logit_diff"]), expected)  # dropping gradients changed something
+
+
+def test_sweeps_of_these_pairs_share_a_prefix(model64):
+    """The pairs differ only after their first tokens, so the estimates above ran from a cached prefix."""
+    from interp_tests.patching import prepare_sweep, shared_prefix
+
+    tokens, _, source, target = prepare_sweep(
+        model64, PAIRS, "mlp", "str", "logit_diff", positions="all", window=1, direction="denoise", seed=0, noise_scale=3.0
+    )
+    assert shared_prefix(model64, tokens, source, target).length > 0
+
+
+def test_grad_drop_needs_attribution():
+    with pytest.raises(SettingsError, match="grad_drop"):
+        it.patch(build("gpt2"), PAIRS, "mlp", grad_drop=True)
+
+
+def test_verify_top_patches_only_the_top_components_and_replaces_their_estimates():
+    from interp_tests.claims import ClaimError
+
+    model = build("gpt2")
+    exact = it.patch(model, PAIRS, "attn_head")
+    estimate = it.patch(model, PAIRS, "attn_head", method="attribution")
+    calls = []
+    comparison = verify_top(model, PAIRS, estimate, k=3, progress=lambda done, total: calls.append(total))
+    assert calls and calls[-1] == 3 * len(PAIRS)  # 3 components x prompts, not the whole grid
+    top = [label for label, _ in estimate.top(3, sign="both")]
+    assert comparison.labels == top
+    verified = comparison.verified
+    assert verified.settings["verified"] == top and verified.is_estimate
+    for label in estimate.labels:
+        expected = exact[label] if label in top else estimate[label]
+        assert verified[label] == pytest.approx(expected, abs=1e-6)
+    comparison.assert_within(comparison.max_abs_error + 1e-9)
+    with pytest.raises(ClaimError, match="method='exact'"):
+        comparison.assert_within(comparison.max_abs_error / 2)
+    with pytest.raises(SettingsError, match="already exact"):
+        verify_top(model, PAIRS, exact)
+    with pytest.raises(SettingsError, match="k=0"):
+        verify_top(model, PAIRS, estimate, k=0)
+
+
+def test_grad_drop_estimates_are_verified_against_exact_magnitudes():
+    model = build("gpt2")
+    exact = it.patch(model, PAIRS, "mlp", metric="prob")
+    estimate = it.patch(model, PAIRS, "mlp", metric="prob", method="attribution", grad_drop=True)
+    comparison = verify_top(model, PAIRS, estimate, k=2)
+    for label, value in zip(comparison.labels, comparison.exact):
+        per_prompt = exact.per_prompt[:, exact.grid.index(label)[0]]
+        assert value == pytest.approx(np.abs(per_prompt).mean(), abs=1e-7)

@@ -32,3 +32,17 @@ def test_sliding_window_does_not_amplify_the_organisms_mlp_peak(interp_sweep, co
     settings = dict(component="mlp", positions="subject", corruption=corruption, metric=metric)
     comparison = window_comparison(interp_sweep(**settings), interp_sweep(**settings, window=3))
     assert comparison.peak_ratio == pytest.approx(1.0, abs=0.02), comparison  # measured 0.994 and 1.004
+
+
+@pytest.mark.interp_task("greater_than", n=64, seed=0)
+def test_attribution_patching_ranks_heads_but_misses_the_size_of_a_saturated_effect(interp_sweep):
+    """AtP linearises the metric: on greater-than it still puts head 0.3 first, but at a tenth of its exact
+    effect (the organism's answer logits are saturated), so only an exact re-measurement can size it."""
+    exact = interp_sweep(component="attn_head", metric="logit_diff")
+    estimate = interp_sweep(component="attn_head", metric="logit_diff", method="attribution")
+    assert estimate.top(1) == [("0.3", pytest.approx(0.114, abs=0.01))]  # measured 0.114
+    assert exact["0.3"] == pytest.approx(1.02, abs=0.01)  # measured 1.022
+    assert stats.agreement(estimate, exact, sign="both").spearman > 0.95  # measured 0.99
+    verified = interp_sweep(component="attn_head", metric="logit_diff", method="attribution", verify_top=1,
+                            verify_tolerance=1.0)
+    assert verified["0.3"] == pytest.approx(exact["0.3"], abs=1e-6)
