@@ -1,76 +1,134 @@
-"""Attribution patching (AtP) against exact patching: time and agreement.
+"""Attribution patching (AtP) against exact patching: time, peak memory and agreement.
 
-1. The organism on ioi, greater_than and induction (``--task-prompts`` pairs, seed 0, attn_head sweep, all
-   positions, STR, normalised logit difference): exact and AtP wall time, Pearson/Spearman of mean effects.
+1. The organism on each of its tasks (``--task-prompts`` pairs, seed 0; heads, all positions, STR, normalised
+   logit difference): exact and AtP wall time, and how well the estimates track the exact mean effects:
+   Pearson and Spearman of AtP, Spearman of AtP*'s GradDrop magnitudes against |exact|, and whether each
+   method's largest component is the exact sweep's.
 2. A random GPT-2-small-size model (12 layers x 12 heads, d_model 768, vocabulary 50257; built as in
-   ``bench_head_sweep.py``) on 16-token IOI pairs: the 144-head sweep's time, exact / AtP.
+   ``bench_head_sweep.py``) on ``--prompts`` 16-token IOI pairs corrupted at S2: the 144-head sweep, exact,
+   AtP and AtP + GradDrop, all through ``interp_tests.patch``. One warm-up of each, then ``--repeats``
+   interleaved repeats (exact, AtP, GradDrop, exact, ...); medians, and peak RSS (CUDA: peak allocated) per
+   method as in ``bench_head_sweep.py``.
 
-The last line is ``attribution_speedup=<exact s / attribution s>`` for the GPT-2-small sweep.
+The last line is ``attribution_speedup=<median over repeats of exact s / AtP s>`` for the GPT-2-small sweep.
 
-    HF_HUB_OFFLINE=1 python benchmarks/bench_attribution.py [--threads 2] [--prompts 16] [--task-prompts 64]
+    HF_HUB_OFFLINE=1 python benchmarks/bench_attribution.py [--repeats 5] [--threads 1] [--device cpu|cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from scipy import stats  # noqa: E402
 
-from interp_tests import load_model, patch, tasks
-from interp_tests.attribution import compare_with_exact
-from interp_tests.testing import orient_answers, tiny_gpt2
+from interp_tests import PatchResult, load_model, patch, tasks  # noqa: E402
+from interp_tests.attribution import compare_with_exact  # noqa: E402
+from interp_tests.testing import orient_answers, tiny_gpt2  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_head_sweep import ioi_pairs16
+from bench_head_sweep import PeakMemory, ioi_pairs16  # noqa: E402
+
+ORGANISM_TASKS = {"ioi": {"corrupt": "S2"}, "greater_than": {}, "induction": {}, "docstring": {}, "factual": {}}
 
 
-def timed(fn):
-    start = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - start
+def timed(fn: Callable[[], PatchResult], cuda: bool) -> tuple[PatchResult, float, PeakMemory]:
+    with PeakMemory(cuda) as memory:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return value, seconds, memory
+
+
+def top_label(result: PatchResult) -> str:
+    return result.labels[int(np.argmax(np.abs(result.mean.reshape(-1))))]
+
+
+def organism_table(n: int, device: str) -> None:
+    model = load_model("organism", device=device)
+    cuda = device == "cuda"
+    print(f"organism ({model.n_layers} layers x {model.n_heads} heads), {n} pairs per task, heads, STR, logit difference")
+    print(f"{'task':<13} {'exact s':>8} {'AtP s':>7} {'speedup':>8} {'Pearson':>8} {'Spearman':>9} {'GD Spearman':>12} "
+          f"{'top: exact / AtP / GD':>24}")
+    for name, options in ORGANISM_TASKS.items():
+        pairs = getattr(tasks, name)(n=n, seed=0, tokenizer=model.tokenizer, **options)
+        patch(model, pairs[:2], "attn_head", method="attribution")  # warm-up
+        exact, t_exact, _ = timed(lambda pairs=pairs: patch(model, pairs, "attn_head"), cuda)
+        estimate, t_atp, _ = timed(lambda pairs=pairs: patch(model, pairs, "attn_head", method="attribution"), cuda)
+        graddrop = patch(model, pairs, "attn_head", method="attribution", grad_drop=True)
+        c = compare_with_exact(estimate, exact)
+        gd_rho = stats.spearmanr(graddrop.mean.reshape(-1), np.abs(exact.mean.reshape(-1)))[0]
+        tops = " / ".join(top_label(r) for r in (exact, estimate, graddrop))
+        print(f"{name:<13} {t_exact:>8.2f} {t_atp:>7.2f} {t_exact / t_atp:>8.1f} {c.pearson:>8.3f} {c.spearman:>9.3f} "
+              f"{gd_rho:>12.3f} {tops:>24}")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--threads", type=int, default=2)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (default 5)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--prompts", type=int, default=16, help="IOI pairs for the GPT-2-small sweep")
     parser.add_argument("--task-prompts", type=int, default=64, help="pairs per organism task")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
+    # A random model is at chance on IOI by construction; patch() would warn on every sweep.
     warnings.filterwarnings("ignore", message="The model's clean accuracy")
+    cuda = args.device == "cuda"
+    print(f"device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}")
 
-    organism = load_model("organism", device=args.device)
-    print(f"organism: {organism.n_layers} layers x {organism.n_heads} heads, {args.task_prompts} pairs per task")
-    print(f"{'task':<14} {'exact s':>8} {'AtP s':>8} {'speedup':>8} {'pearson':>8} {'spearman':>9}")
-    for name in ("ioi", "greater_than", "induction"):
-        pairs = getattr(tasks, name)(n=args.task_prompts, seed=0, tokenizer=organism.tokenizer)
-        patch(organism, pairs[:2], "attn_head", method="attribution")  # warm-up
-        exact, t_exact = timed(lambda pairs=pairs: patch(organism, pairs, "attn_head"))
-        estimate, t_atp = timed(lambda pairs=pairs: patch(organism, pairs, "attn_head", method="attribution"))
-        c = compare_with_exact(estimate, exact)
-        print(f"{name:<14} {t_exact:>8.2f} {t_atp:>8.2f} {t_exact / t_atp:>8.1f} {c.pearson:>8.3f} {c.spearman:>9.3f}")
-        if name == "ioi":
-            print(c)
+    organism_table(args.task_prompts, args.device)
 
     hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=0.08, seed=0)
     pairs = orient_answers(hf, tokenizer, ioi_pairs16(args.prompts, seed=0))
     model = load_model(hf, tokenizer=tokenizer, device=args.device)
-    patch(model, pairs[:2], "attn_head", method="attribution")  # warm-up
-    patch(model, pairs[:2], "attn_head")
-    exact, t_exact = timed(lambda: patch(model, pairs, "attn_head"))
-    estimate, t_atp = timed(lambda: patch(model, pairs, "attn_head", method="attribution"))
-    c = compare_with_exact(estimate, exact)
-    print(f"GPT-2-small-size random model, {args.prompts} IOI pairs, 144-head sweep: exact {t_exact:.2f} s, "
-          f"AtP {t_atp:.2f} s; Pearson {c.pearson:.3f}, Spearman {c.spearman:.3f}")
-    print(f"attribution_speedup={t_exact / t_atp:.1f}")
+    methods: dict[str, Callable[[], PatchResult]] = {
+        "exact": lambda: patch(model, pairs, "attn_head"),
+        "AtP": lambda: patch(model, pairs, "attn_head", method="attribution"),
+        "AtP + GradDrop": lambda: patch(model, pairs, "attn_head", method="attribution", grad_drop=True),
+    }
+    for run in methods.values():  # warm-up
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    memory: dict[str, list[float]] = {name: [] for name in methods}
+    results: dict[str, PatchResult] = {}
+    for _ in range(args.repeats):
+        for name, run in methods.items():
+            results[name], t, peak = timed(run, cuda)
+            seconds[name].append(t)
+            memory[name].append(peak.cuda_mb if cuda else peak.rss_mb)
+    ratios = [e / a for e, a in zip(seconds["exact"], seconds["AtP"])]
+    c = compare_with_exact(results["AtP"], results["exact"])
+    gd_rho = stats.spearmanr(results["AtP + GradDrop"].mean.reshape(-1), np.abs(results["exact"].mean.reshape(-1)))[0]
+    print(f"\nGPT-2-small-size random model, {args.prompts} IOI pairs of 16 tokens, 144-head sweep, "
+          f"{args.repeats} interleaved repeats")
+    unit = "CUDA peak +MB" if cuda else "peak RSS +MB"
+    print(f"{'method':<15} {'median s':>9} {'min s':>7} {'exact / method':>15} {unit:>14}")
+    for name in methods:
+        median = statistics.median(seconds[name])
+        print(f"{name:<15} {median:>9.3f} {min(seconds[name]):>7.3f} "
+              f"{statistics.median(seconds['exact']) / median:>15.1f} {max(memory[name]):>14.0f}")
+    print(f"AtP vs exact: Pearson {c.pearson:.3f}, Spearman {c.spearman:.3f}; GradDrop vs |exact|: Spearman {gd_rho:.3f}")
+    print(f"per-repeat exact/AtP ratios: {', '.join(f'{r:.1f}' for r in ratios)}")
+    print(f"attribution_speedup={statistics.median(ratios):.1f}")
     return 0
 
 

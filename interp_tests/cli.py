@@ -126,7 +126,11 @@ def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -
     sweep.update({key: s[key] for key, default in defaults.items() if s[key] != default})
     if s["corruption"] == "gn":
         sweep.update(noise_scale=s.get("noise_scale", DEFAULT_NOISE_SCALE), seed=s["seed"])
-    what = f"({s['component']}, {s['corruption']}, {result.metric})"
+    if result.is_estimate:
+        sweep["method"] = s["method"]
+        if s.get("grad_drop"):
+            sweep["grad_drop"] = True
+    what = f"({s['component']}, {s['corruption']}, {result.metric}{', ' + s['method'] if result.is_estimate else ''})"
     threshold = _number(sd)
     positive, negative = result.detected(sd, "positive"), result.detected(sd, "negative")
     claims = []
@@ -191,6 +195,7 @@ def _sweep(args: argparse.Namespace) -> int:
         model, pairs, args.component, args.corruption, args.metric, positions=_positions(args.positions),
         window=args.window, direction=args.direction, seed=args.noise_seed, noise_scale=args.noise_scale,
         batch_size=args.batch_size, progress=ProgressBar(sys.stderr) if show_progress else None,
+        method=args.method, grad_drop=args.grad_drop,
     )
     print(f"\nPatching effects ({result.describe_settings()})")
     print(result.table(args.top))
@@ -210,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .components import KINDS
     from .corruptions import DEFAULT_NOISE_SCALE, NAMES
     from .metrics import METRICS
-    from .patching import DIRECTIONS
+    from .patching import DIRECTIONS, METHODS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")
@@ -236,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--positions", default="all", help="all (default), each, a token index, last or a span name")
     sweep.add_argument("--window", type=_positive(int), default=1, help="layers restored together (mlp, attn; default 1)")
     sweep.add_argument("--direction", choices=DIRECTIONS, default="denoise", help="default denoise")
+    sweep.add_argument("--method", choices=METHODS, default="exact",
+                       help="exact (default) or attribution (AtP: every effect estimated from one backward pass)")
+    sweep.add_argument("--grad-drop", action="store_true", help="with --method attribution: add AtP*'s GradDrop")
     sweep.add_argument("--batch-size", type=_positive(int), help="patched rows per forward pass (default: sized to memory)")
     sweep.add_argument("--sd", type=_positive(float), default=2.0, help="detection threshold in SDs (default 2)")
     sweep.add_argument("--top", type=_positive(int), default=10, help="rows of the ranked table (default 10)")

@@ -179,6 +179,8 @@ class PatchResult(Claims):
     # -- display ---------------------------------------------------------------------------------
     def describe_settings(self) -> str:
         keys = ("model", "component", "positions", "corruption", "metric", "direction", "window", "n_prompts", "seed")
+        if self.is_estimate:
+            keys += ("method", "grad_drop", "verified")
         return ", ".join(f"{k}={self.settings[k]}" for k in keys if k in self.settings)
 
     def table(self, k: int = 10, sign: str = "positive") -> str:

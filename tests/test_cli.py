@@ -19,7 +19,7 @@ from interp_tests.testing import ioi_pairs, orient_answers, save_model, tiny_gpt
 
 N_PROMPTS = 8
 N_LAYERS, N_HEADS = 3, 4
-SWEEP_KEYS = {"component", "corruption", "metric", "positions", "window", "direction", "noise_scale", "seed"}
+SWEEP_KEYS = {"component", "corruption", "metric", "positions", "window", "direction", "noise_scale", "seed", "method", "grad_drop"}
 EXPECT_KEYS = {"detected", "not_detected", "negative", "sign", "sd", "top_k", "peak"}
 
 
@@ -197,3 +197,19 @@ def test_progress_bar_redraws_one_line_and_ends_it() -> None:
     for done in (4, 8, 10):
         bar(done, 10)
     assert stream.getvalue() == "\r[####......] 4/10 patched runs\r[########..] 8/10 patched runs\r[##########] 10/10 patched runs\n"
+
+
+def test_attribution_sweep_prints_an_estimate_and_a_claim_that_asks_for_one(model_dir: Path, pairs_file: Path) -> None:
+    from interp_tests.yaml_claims import parse_claims
+
+    out = io.StringIO()
+    argv = ["sweep", "--model", str(model_dir), "--task", str(pairs_file), "--method", "attribution", "--grad-drop"]
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        assert main(argv) == 0
+    stdout = out.getvalue()
+    assert "method=attribution, grad_drop=True" in stdout
+    document = claim_document(stdout)
+    check_schema(document)
+    assert all(claim["sweep"]["method"] == "attribution" and claim["sweep"]["grad_drop"] for claim in document["claims"])
+    claims, problems = parse_claims(stdout.split(CLAIM_MARKER, 1)[1], model_dir.parent / "test_found.yaml")
+    assert problems == [] and claims[0].sweep["method"] == "attribution"
