@@ -42,8 +42,11 @@ from .results import PatchResult
 DIRECTIONS = ("denoise", "noise")
 METHODS = ("exact", "attribution")
 Pairs = PromptPairs | TokenizedPairs
-# Activation memory one patched forward pass may use when the caller does not size batches.
-DEFAULT_BATCH_BYTES = 512 * 2**20
+# Activation memory one patched forward pass may use when the caller does not size batches: on CPU at most
+# CPU_BATCH_BYTES (bigger passes are no faster there) and a quarter of the available memory; on a GPU,
+# GPU_BATCH_SHARE of its free memory, to fill the device.
+CPU_BATCH_BYTES = 512 * 2**20
+GPU_BATCH_SHARE = 0.5
 # What a forward pass raises when the device runs out of memory: torch.OutOfMemoryError since torch 2.5, with
 # torch.cuda.OutOfMemoryError an alias of it; before, only the latter.
 OUT_OF_MEMORY: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
@@ -251,7 +254,28 @@ def _rows_per_pass(model: PatchableModel, positions: int, seq_len: int, batch_si
     s = model.shape
     vocab = model.hf.config.vocab_size
     bytes_per_row = 4 * (positions * (16 * s.d_model + 3 * s.n_heads * seq_len) + 4 * vocab)
-    return max(1, DEFAULT_BATCH_BYTES // bytes_per_row)
+    return max(1, int(batch_bytes(model.device) // bytes_per_row))
+
+
+def batch_bytes(device: torch.device) -> int:
+    """The activation memory one forward pass may use on ``device`` (see CPU_BATCH_BYTES)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(GPU_BATCH_SHARE * free)
+    available = _available_memory()
+    return CPU_BATCH_BYTES if available is None else min(CPU_BATCH_BYTES, available // 4)
+
+
+def _available_memory() -> int | None:
+    """The kernel's estimate of memory available without swapping (Linux), in bytes; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
@@ -286,9 +310,9 @@ def patch(
     (sliding-window patching). All three metrics come from the same runs: ``result.with_metric(...)``.
     ``progress(done, total)`` is called after each batched forward pass, counting patched runs.
 
-    Rows per forward pass follow ``batch_size`` (default: sized to ~512 MiB of activations); when the device
-    runs out of memory the pass is retried with half the rows, down to one, and ``settings["rows_per_pass"]``
-    records the size that fit. Batch size never changes the numbers beyond float rounding. On CPU the same
+    Rows per forward pass follow ``batch_size`` (default: sized to the device's memory by ``batch_bytes``:
+    on a GPU, half its free memory); when the device runs out of memory the pass is retried with half the
+    rows, down to one, and ``settings["rows_per_pass"]`` records the size that fit. Batch size never changes the numbers beyond float rounding. On CPU the same
     inputs and ``seed`` give bit-identical results. The model runs in its own dtype but the metrics are
     computed in float32; see ``interp_tests.metrics`` for how far float16/bfloat16 sweeps move. The model's
     clean accuracy on the pairs is checked first: at chance, the sweep warns (``InterpWarning``).

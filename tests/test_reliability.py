@@ -493,3 +493,16 @@ def test_fuzz_prompt_pairs_from_records(records):
     except InterpError:
         return
     assert isinstance(pairs, PromptPairs) and len(pairs) == len(records)
+
+
+def test_default_batches_follow_the_memory_available(monkeypatch):
+    """CPU: 512 MiB at most, less when memory is short; GPU: half the free memory, to fill the device."""
+    model = build("gpt2")
+    big = it.patch(model, PAIRS, "attn_head").settings["rows_per_pass"]
+    monkeypatch.setattr(patching, "_available_memory", lambda: 4 * 2**10)  # 4 KiB free: one row per pass
+    tight = it.patch(model, PAIRS, "attn_head")
+    assert tight.settings["rows_per_pass"] == 1 < big
+    monkeypatch.setattr(patching, "_available_memory", lambda: None)  # not Linux: the CPU default
+    assert patching.batch_bytes(torch.device("cpu")) == patching.CPU_BATCH_BYTES
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
+    assert patching.batch_bytes(torch.device("cuda")) == 20 * 2**30
