@@ -139,3 +139,93 @@ def test_xdist_workers_share_the_cache(pytester, tiny_files):
     assert len(entries(pytester.path)) == 2
     sweeps = pytester.path / ".interp_cache" / "sweeps"
     assert all(p.suffix in (".sweep", ".lock") for p in sweeps.iterdir())
+
+
+ATTRIBUTION_SWEEPS = """
+import pytest
+
+from interp_tests.claims import ClaimError
+
+pytestmark = [pytest.mark.interp_model("model"), pytest.mark.interp_task(file="pairs.jsonl")]
+EXPECTED = {expected!r}
+
+
+def means(result):
+    return {{label: result[label] for label in result.labels}}
+
+
+def test_sweeps(interp_sweep):
+    exact, exact_prob = interp_sweep(), interp_sweep(metric="prob")
+    estimate, estimate_prob = interp_sweep(method="attribution"), interp_sweep(metric="prob", method="attribution")
+    assert (exact.is_estimate, exact_prob.is_estimate, estimate.is_estimate, estimate_prob.is_estimate) == (
+        False, False, True, True
+    )
+    assert (estimate.metric, list(estimate.effects), estimate_prob.metric, list(estimate_prob.effects)) == (
+        "logit_diff", ["logit_diff"], "prob", ["prob"]
+    )
+    assert means(exact) == pytest.approx(EXPECTED["exact"], abs=1e-12)
+    assert means(exact_prob) == pytest.approx(EXPECTED["exact_prob"], abs=1e-12)
+    assert means(estimate) == pytest.approx(EXPECTED["estimate"], abs=1e-12)
+    assert means(estimate_prob) == pytest.approx(EXPECTED["estimate_prob"], abs=1e-12)
+
+
+def test_verify_top(interp_sweep):
+    verified = interp_sweep(method="attribution", verify_top=2, verify_tolerance=0.5)
+    top = {top2!r}
+    assert verified.settings["verified"] == top
+    assert means(verified) == pytest.approx(
+        {{label: EXPECTED["exact" if label in top else "estimate"][label] for label in verified.labels}}, abs=1e-12
+    )
+    again = interp_sweep(method="attribution")  # the memoised estimate is not replaced by the verified one
+    assert "verified" not in again.settings and means(again) == pytest.approx(EXPECTED["estimate"], abs=1e-12)
+    with pytest.raises(ClaimError) as caught:
+        interp_sweep(method="attribution", verify_top=2, verify_tolerance={tolerance})
+    assert (caught.value.claim, caught.value.labels, caught.value.threshold) == ("verified", {missed!r}, {tolerance})
+    assert "use method='exact' for this claim" in str(caught.value)
+"""
+
+
+def test_attribution_and_exact_sweeps_are_cached_apart_by_method_and_metric(pytester, tiny_files, tiny_sweep, monkeypatch):
+    from interp_tests import PromptPairs, load_model, patch
+
+    model, pairs = load_model(tiny_files / "model"), PromptPairs.load(tiny_files / "pairs.jsonl")
+    sweeps = {
+        "exact": tiny_sweep, "exact_prob": tiny_sweep.with_metric("prob"),
+        "estimate": patch(model, pairs, method="attribution"),
+        "estimate_prob": patch(model, pairs, metric="prob", method="attribution"),
+    }
+    expected = {name: {label: float(result[label]) for label in result.labels} for name, result in sweeps.items()}
+    top2 = [label for label, _ in sweeps["estimate"].top(2)]
+    errors = {label: abs(expected["estimate"][label] - expected["exact"][label]) for label in top2}
+    tolerance = round(sum(errors.values()) / 2, 4)  # between the two errors: one head misses it
+    missed = [label for label in top2 if errors[label] > tolerance]
+    assert len(missed) == 1, errors
+    for name in ("exact", "exact_prob", "estimate_prob"):  # distinct sweeps: a collision could not pass unnoticed
+        assert expected[name] != pytest.approx(expected["estimate"], abs=1e-3), name
+    (pytester.path / "model").symlink_to(tiny_files / "model")
+    (pytester.path / "pairs.jsonl").symlink_to(tiny_files / "pairs.jsonl")
+    pytester.makepyfile(
+        test_sweeps=ATTRIBUTION_SWEEPS.format(expected=expected, top2=top2, tolerance=tolerance, missed=missed)
+    )
+    first = pytester.runpytest()
+    first.assert_outcomes(passed=2)
+    first.stdout.fnmatch_lines(
+        [
+            "passed   computed+reused  *test_sweeps.py::test_sweeps",
+            "passed   reused  *test_sweeps.py::test_verify_top",
+            "sweeps: 3 computed, 0 from the cache, 4 reused within the session*",
+            (f"note: attribution estimate: its 2 largest effects re-measured exactly (max |error| "
+            f"{max(errors.values()):.3g}, tolerance 0.5)"),
+            (f"note: attribution estimate: its 2 largest effects re-measured exactly (max |error| "
+            f"{max(errors.values()):.3g}, tolerance {tolerance:g})"),
+        ]
+    )
+    assert len(entries(pytester.path)) == 3  # exact (every metric), attribution logit_diff, attribution prob
+
+    def no_sweep(*args, **kwargs):
+        raise AssertionError("a cached sweep was recomputed")
+
+    monkeypatch.setattr("interp_tests.patching.patch", no_sweep)
+    second = pytester.runpytest()
+    second.assert_outcomes(passed=2)
+    second.stdout.fnmatch_lines(["sweeps: 0 computed, 3 from the cache, 4 reused within the session*"])

@@ -354,3 +354,42 @@ def test_yaml_schema_errors_for_the_new_keys_name_their_lines(pytester, tiny_fil
             "'robust'?*",
         ]
     )
+
+
+def test_yaml_attribution_claims_agree_with_the_exact_sweep(pytester, tiny_files, tiny_sweep):
+    from interp_tests.attribution import verify_top
+
+    model, pairs = load_model(tiny_files / "model"), PromptPairs.load(tiny_files / "pairs.jsonl")
+    estimate = patch(model, pairs, method="attribution")
+    verified = verify_top(model, pairs, estimate, 3).verified
+    magnitudes = patch(model, pairs, method="attribution", grad_drop=True)
+    found, dropped = stats.agreement(verified, tiny_sweep), stats.agreement(magnitudes, tiny_sweep)
+    assert found.spearman < 0.95 and dropped.spearman < 0.95  # below 1: the estimates are not compared with themselves
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: verified AtP ranks heads like exact patching
+          sweep: {{method: attribution, verify_top: 3, verify_tolerance: 0.5}}
+          expect: {{agree_with: {{method: exact}}, min_spearman: {found.spearman - 0.01:.3f}, min_jaccard: 1.0}}
+        - name: GradDrop ranks heads exactly like exact patching
+          sweep: {{method: attribution, grad_drop: true}}
+          expect: {{agree_with: {{method: exact}}, min_spearman: 0.95}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            ("hypotheses/claims.yaml:9: Claim failed: the two sweeps agree less than claimed: Spearman rho "
+            f"{dropped.spearman:.3f} < 0.95."),
+            "  a (this sweep): model=*, method=attribution, grad_drop=True",
+            "  b (the other):  model=*, seed=0",  # the exact sweep: no method=attribution
+            f"Spearman rho   {dropped.spearman:.3f} *",
+            "*= interp claims =*",
+            f"passed   computed         spearman {found.spearman:.2f}, jaccard 1.00  *::verified AtP ranks heads like exact patching",
+            f"failed   computed+reused  spearman {dropped.spearman:.2f}  *::GradDrop ranks heads exactly like exact patching",
+            # the estimate, the exact sweep (once, reused by the second claim) and the GradDrop estimate
+            "sweeps: 3 computed, 0 from the cache, 1 reused within the session*",
+        ]
+    )

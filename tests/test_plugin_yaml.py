@@ -220,3 +220,95 @@ def test_collection_patterns(pytester, tiny_files):
     pytester.makeini("[pytest]\ninterp_yaml_patterns = tests/*claims.yaml\n")
     result = pytester.runpytest("--collect-only", "-q")
     result.stdout.fnmatch_lines(["tests/not_claims.yaml::collected", "1 test collected*"])
+
+
+# -- attribution patching --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_estimate(tiny_files):
+    """The tiny model's default sweep estimated by attribution patching, and its top 3 re-measured exactly."""
+    from interp_tests import PromptPairs, load_model, patch
+    from interp_tests.attribution import verify_top
+
+    model, pairs = load_model(tiny_files / "model"), PromptPairs.load(tiny_files / "pairs.jsonl")
+    estimate = patch(model, pairs, method="attribution")
+    return estimate, verify_top(model, pairs, estimate, 3)
+
+
+def test_an_attribution_claim_is_checked_on_its_exactly_remeasured_top_effects(pytester, tiny_files, tiny_estimate):
+    estimate, comparison = tiny_estimate
+    verified = comparison.verified
+    top3 = [label for label, _ in estimate.top(3)]
+    assert verified.settings["verified"] == top3
+    # The head whose z-score moves most when re-measured: a threshold between its two z-scores passes only on
+    # the exact value, so the claim shows which one the check read.
+    label = max(top3, key=lambda lab: verified.zscore(lab) - estimate.zscore(lab))
+    low, high = estimate.zscore(label), verified.zscore(label)
+    assert high - low > 0.2, (low, high)
+    tolerance = round(comparison.max_abs_error + 0.05, 2)
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: re-measured exactly, it is detected
+          sweep: {{method: attribution, verify_top: 3, verify_tolerance: {tolerance}}}
+          expect: {{detected: ["{label}"], sd: {(low + high) / 2:.3f}}}
+        - name: estimated, it is not
+          sweep: {{method: attribution}}
+          expect: {{not_detected: ["{label}"], sd: {(low + high) / 2:.3f}}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            f"passed   computed  z({label})={high:+.2f}  hypotheses/claims.yaml::re-measured exactly, it is detected",
+            f"passed   reused    z({label})={low:+.2f}  hypotheses/claims.yaml::estimated, it is not",
+            "sweeps: 1 computed, 0 from the cache, 1 reused within the session*",
+            (f"note: attribution estimate: its 3 largest effects re-measured exactly (max |error| "
+            f"{comparison.max_abs_error:.3g}, tolerance {tolerance:g})"),
+        ]
+    )
+
+
+def test_attribution_settings_are_validated_with_their_lines(pytester, tiny_files):
+    write_claims(
+        pytester,
+        tiny_files,
+        """\
+        - name: bad attribution settings
+          sweep:
+            method: attribution
+            verify_top: 0
+            grad_drop: maybe
+            verify_tolerance: -1
+          expect: {detected: ["0.1"]}
+        - name: verifying an exact sweep
+          sweep: {verify_top: 2}
+          expect: {detected: ["0.1"]}
+        - name: grad_drop of an exact sweep
+          sweep: {method: exact, grad_drop: true}
+          expect: {detected: ["0.1"]}
+        - name: a misspelt method
+          sweep: {method: atribution}
+          expect: {detected: ["0.1"]}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=6)
+    where = "hypotheses/claims.yaml"
+    result.stdout.fnmatch_lines_random(
+        [
+            (f"{where}:7: `verify_top` in `sweep` of claim 'bad attribution settings' must be a positive integer "
+            "(e.g. verify_top: 5), or null, not the number 0."),
+            (f"{where}:8: `grad_drop` in `sweep` of claim 'bad attribution settings' must be true or false, "
+            "not the string 'maybe'."),
+            (f"{where}:9: `verify_tolerance` in `sweep` of claim 'bad attribution settings' must be a number >= 0 "
+            "(e.g. verify_tolerance: 0.1), not the number -1."),
+            (f"{where}:12: verify_top=2 re-measures an attribution estimate's top components, but this sweep is "
+            "method='exact', whose effects are all exact: drop verify_top, or use method='attribution'."),
+            f"{where}:15: grad_drop=True is part of attribution patching: use it with method='attribution'.",
+            f"{where}:18: method='atribution': choose from [[]'exact', 'attribution'[]].",
+        ]
+    )

@@ -267,3 +267,22 @@ def test_window_comparison_compares_joint_with_summed_single_layer_effects(model
         robustness.window_comparison(single, single)
     with pytest.raises(SettingsError, match="corruption"):
         robustness.window_comparison(patching.patch(model, pairs, "mlp", "gn"), windowed)
+
+
+def test_an_attribution_grid_estimates_each_metric_in_its_own_sweep(model, pairs, monkeypatch):
+    sweeps = counting_sweeps(monkeypatch)
+    estimates = robustness.grid(
+        model, pairs, "attn_head", corruptions=["str"], metrics=["logit_diff", "prob"], method="attribution"
+    )
+    assert sweeps == ["str", "str"]  # an estimate holds one metric: one sweep each
+    assert list(estimates.settings) == [("str", None, "logit_diff"), ("str", None, "prob")]
+    assert not estimates.invalid and len(estimates.results) == 2
+    for metric in ("logit_diff", "prob"):
+        result = estimates.results[("str", None, metric)]
+        direct = patching.patch(model, pairs, "attn_head", "str", metric, method="attribution")
+        assert result.is_estimate and result.metric == metric and list(result.effects) == [metric]
+        np.testing.assert_allclose(result.effects[metric], direct.effects[metric], rtol=1e-6, atol=1e-12)
+        exact = patching.patch(model, pairs, "attn_head", "str", metric)
+        assert np.abs(result.mean - exact.mean).max() > 1e-3 * np.abs(exact.mean).max()  # estimates, not exact effects
+    with pytest.raises(SettingsError, match="Rerun it with metric='prob'"):
+        estimates.results[("str", None, "logit_diff")].with_metric("prob")
