@@ -26,7 +26,7 @@ from .corruptions import (
     corrupted_input,
     corruption_name,
 )
-from .errors import DeviceMemoryError, PromptError, SettingsError
+from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
 from .metrics import (
     METRICS,
     AnswerReader,
@@ -280,7 +280,7 @@ def _available_memory() -> int | None:
 
 def _check_choice(name: str, value: str, choices: Sequence[str]) -> None:
     if value not in choices:
-        raise SettingsError(f"{name}={value!r}: choose from {list(choices)}.")
+        raise SettingsError(f"{name}={value!r}: choose from {list(choices)}.{did_you_mean(value, choices)}")
 
 
 def patch(

@@ -89,7 +89,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from .claims import SIGNS
+from .claims import SIGNS, ClaimError
 from .errors import InterpError, did_you_mean
 from .fixtures import ItemRecord, record_of, session_of
 from .specs import TaskSpec
@@ -627,10 +627,13 @@ class ClaimFailures(AssertionError):
 
 @contextlib.contextmanager
 def _blame(where: str) -> Iterator[None]:
+    """Errors raised at ``where`` as claim reports: bad settings, and sweeps that verify their own estimates."""
     try:
         yield
     except InterpError as error:
         raise ClaimSetupError(f"{where}: {error}") from error
+    except ClaimError as error:  # an attribution estimate that failed its exact verification (verify_top)
+        raise ClaimFailures([(where, error)]) from error
 
 
 def _checks(

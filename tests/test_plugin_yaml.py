@@ -309,6 +309,41 @@ def test_attribution_settings_are_validated_with_their_lines(pytester, tiny_file
             (f"{where}:12: verify_top=2 re-measures an attribution estimate's top components, but this sweep is "
             "method='exact', whose effects are all exact: drop verify_top, or use method='attribution'."),
             f"{where}:15: grad_drop=True is part of attribution patching: use it with method='attribution'.",
-            f"{where}:18: method='atribution': choose from [[]'exact', 'attribution'[]].",
+            f"{where}:18: method='atribution': choose from [[]'exact', 'attribution'[]]. Did you mean 'attribution'?",
         ]
     )
+
+
+def test_an_attribution_estimate_that_misses_its_exact_effect_fails_the_claim_with_a_report(pytester, tiny_files, tiny_estimate):
+    _, comparison = tiny_estimate
+    tolerance = 0.05
+    missed = [label for label, estimate, exact in comparison.worst if abs(estimate - exact) > tolerance]
+    assert 0 < len(missed) < 3, comparison  # the tolerance separates the heads that miss from one that does not
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: a tolerance the estimate misses
+          sweep:
+            method: attribution
+            verify_top: 3
+            verify_tolerance: {tolerance}
+          expect: {{top_k: {{labels: ["{comparison.labels[0]}"], k: 1}}}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ claim: a tolerance the estimate misses _*",
+            (f"hypotheses/claims.yaml:5: Attribution estimates miss exact patching by up to {comparison.max_abs_error:.4g} "
+             f"(> tolerance {tolerance:g}) for {', '.join(missed)}:"),
+            str(comparison).splitlines()[0],
+            ("The first-order estimate is unreliable for these components: use method='exact' for this claim, or allow "
+             "a larger tolerance."),
+            "*= interp claims =*",
+            "failed   computed  *hypotheses/claims.yaml::a tolerance the estimate misses",
+        ]
+    )
+    result.stdout.no_fnmatch_line("E   *")  # a report, not a traceback
+    result.stdout.no_fnmatch_line("*_pytest/runner.py*")
