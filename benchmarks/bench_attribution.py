@@ -28,16 +28,16 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import torch
+from scipy import stats
 
-from interp_tests import PatchResult, load_model, patch, tasks  # noqa: E402
-from interp_tests.attribution import compare_with_exact  # noqa: E402
-from interp_tests.testing import orient_answers, tiny_gpt2  # noqa: E402
+from interp_tests import PatchResult, load_model, patch, tasks
+from interp_tests.attribution import compare_with_exact
+from interp_tests.testing import orient_answers, tiny_gpt2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_head_sweep import PeakMemory, ioi_pairs16  # noqa: E402
+from bench_head_sweep import PeakMemory, ioi_pairs16
 
 ORGANISM_TASKS = {"ioi": {"corrupt": "S2"}, "greater_than": {}, "induction": {}, "docstring": {}, "factual": {}}
 

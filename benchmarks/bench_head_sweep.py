@@ -44,15 +44,17 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from typing_extensions import Self
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from interp_tests import load_model, patch  # noqa: E402
-from interp_tests.pairs import PromptPairs  # noqa: E402
-from interp_tests.tasks.words import NAMES, OBJECTS, PLACES  # noqa: E402
-from interp_tests.testing import (  # noqa: E402
+from interp_tests import PatchableModel, load_model, patch
+from interp_tests.pairs import PromptPairs
+from interp_tests.tasks.words import NAMES, OBJECTS, PLACES
+from interp_tests.testing import (
     boot_transformer_lens,
     orient_answers,
     save_model,
@@ -110,7 +112,7 @@ class PeakMemory:
     def __init__(self, cuda: bool) -> None:
         self.cuda = cuda
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         self.exact = _reset_hwm() and _status_kb("VmHWM") is not None
         self.rss_before = _status_kb("VmRSS") or 0
         self.maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -129,6 +131,46 @@ class PeakMemory:
             self.rss_mb = ((_status_kb("VmHWM") or 0) - self.rss_before) / 1024
         else:  # ru_maxrss is in kB on Linux
             self.rss_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.maxrss_before) / 1024
+
+
+def timed(fn: Callable[[], Any], cuda: bool) -> tuple[Any, float, PeakMemory]:
+    """``fn()``, its wall time in seconds (CUDA-synchronised when ``cuda``) and its memory peak."""
+    with PeakMemory(cuda) as memory:
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        value = fn()
+        if cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - start
+    return value, seconds, memory
+
+
+# --------------------------------------------------------------------------- model
+
+
+def build_gpt2_small(
+    n_prompts: int, seed: int, init_range: float, device: str
+) -> tuple[PatchableModel, Any, PromptPairs]:
+    """The random GPT-2-small-architecture model (interp-tests' and TransformerLens' loads of the same saved
+    weights) and ``n_prompts`` 16-token IOI pairs oriented so that every prompt's clean-corrupted gap is positive.
+    """
+    # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
+    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=init_range, seed=seed)
+    pairs = orient_answers(hf, tokenizer, ioi_pairs16(n_prompts, seed=seed))
+    with tempfile.TemporaryDirectory() as directory:
+        save_model(hf, tokenizer, directory)
+        del hf
+        model = load_model(directory, device=device)
+        bridge = boot_transformer_lens(directory, device=device)
+    return model, bridge, pairs
+
+
+def bridge_logits_error(model: PatchableModel, bridge: Any, ids: torch.Tensor) -> float:
+    """max |HF logits - TransformerLens logits| / max |HF logit| on ``ids``."""
+    with torch.no_grad():
+        hf_logits = model.hf(ids).logits
+        return float((hf_logits - bridge(ids)).abs().max()) / float(hf_logits.abs().max())
 
 
 # --------------------------------------------------------------------------- main
@@ -156,28 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     run_start = time.perf_counter()
     cuda = args.device == "cuda"
 
-    # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
-    hf, tokenizer = tiny_gpt2(
-        12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=args.init_range, seed=args.seed
-    )
-    pairs = orient_answers(hf, tokenizer, ioi_pairs16(args.prompts, seed=args.seed))
-    with tempfile.TemporaryDirectory() as directory:
-        save_model(hf, tokenizer, directory)
-        del hf
-        model = load_model(directory, device=args.device)
-        bridge = boot_transformer_lens(directory, device=args.device)
+    model, bridge, pairs = build_gpt2_small(args.prompts, args.seed, args.init_range, args.device)
     tokens = pairs.tokenize(model.tokenizer)
     assert bool(tokens.attention_mask.bool().all()), "prompts must all have the same length"
     clean_ids, corrupted_ids = tokens.clean_ids.to(args.device), tokens.require_corrupted().to(args.device)
-    with torch.no_grad():
-        ids = torch.cat([clean_ids, corrupted_ids])
-        hf_logits = model.hf(ids).logits
-        logits_rel = float((hf_logits - bridge(ids)).abs().max()) / float(hf_logits.abs().max())
-        del hf_logits
+    logits_rel = bridge_logits_error(model, bridge, torch.cat([clean_ids, corrupted_ids]))
     s2 = int((tokens.clean_ids != tokens.require_corrupted()).float().argmax(dim=1).min())
     print(
         f"model: GPT-2 small architecture, random init (std {args.init_range}, seed {args.seed}), 12 layers x 12 heads, d_model 768, "
-        f"vocab {len(tokenizer)}, n_positions 1024; {tokens.n} IOI prompt pairs of {tokens.seq_len} tokens, "
+        f"vocab {len(model.tokenizer)}, n_positions 1024; {tokens.n} IOI prompt pairs of {tokens.seq_len} tokens, "
         f"STR at S2 (token {s2}); device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}"
     )
     print(f"bridge vs HF logits: max |diff| / max |logit| = {logits_rel:.3g}")
@@ -191,19 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():
             return transformer_lens_effects(bridge, tokens, "attn_head", "all", "logit_diff", "denoise")
 
-    def timed(fn: Callable[[], Any]) -> tuple[Any, float, PeakMemory]:
-        with PeakMemory(cuda) as memory:
-            if cuda:
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            value = fn()
-            if cuda:
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-        return value, seconds, memory
-
     # Warm-up: a full interp-tests sweep; TransformerLens' caching run and one hooked (patching) pass.
-    (_, gap), warm_ours, _ = timed(ours)
+    (_, gap), warm_ours, _ = timed(ours, cuda)
 
     def tl_warmup() -> None:
         with torch.no_grad():
@@ -211,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             name = "blocks.0.attn.hook_z"
             bridge.run_with_hooks(corrupted_ids, fwd_hooks=[(name, lambda z, hook: cache[name])])
 
-    _, warm_tl, _ = timed(tl_warmup)
+    _, warm_tl, _ = timed(tl_warmup, cuda)
     print(f"warm-up: interp-tests sweep {warm_ours:.2f} s, TransformerLens caching + 1 hooked pass {warm_tl:.2f} s")
     print(f"mean LD_clean - mean LD_corrupted = {gap:.4f}")
 
@@ -219,8 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     memories: dict[str, list[PeakMemory]] = {"interp-tests": [], "TransformerLens": []}
     diffs, scale = [], 0.0
     for r in range(args.repeats):
-        (ours_map, _), ours_s, ours_mem = timed(ours)
-        tl_map, tl_s, tl_mem = timed(theirs)
+        (ours_map, _), ours_s, ours_mem = timed(ours, cuda)
+        tl_map, tl_s, tl_mem = timed(theirs, cuda)
         diff = float(np.abs(ours_map - tl_map).max()) if ours_map.shape == tl_map.shape else float("inf")
         diffs.append(diff)
         scale = max(scale, float(np.abs(tl_map).max()))

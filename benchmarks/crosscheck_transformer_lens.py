@@ -22,11 +22,11 @@ import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from interp_tests import load_model, patch  # noqa: E402
-from interp_tests.testing import (  # noqa: E402
+from interp_tests import load_model, patch
+from interp_tests.testing import (
     boot_transformer_lens,
     ioi_pairs,
     orient_answers,
