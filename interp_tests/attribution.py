@@ -196,6 +196,11 @@ def attribution_patch(
             "method='exact' for sliding-window patching."
         )
     site = SITE_OF_KIND[component]
+    if grad_drop and model.n_layers < 2 and site != "resid":
+        raise SettingsError(
+            "grad_drop=True averages over the other layers' gradients, and this model has one layer: use "
+            "grad_drop=False."
+        )
     n, vocab = tokens.n, model.hf.config.vocab_size
     reader = AnswerReader(tokens, vocab)
     reader.clean_logprobs = torch.zeros(n, vocab)  # filled chunk by chunk, as set_clean would

@@ -304,3 +304,12 @@ def test_grad_drop_estimates_are_verified_against_exact_magnitudes():
     for label, value in zip(comparison.labels, comparison.exact):
         per_prompt = exact.per_prompt[:, exact.grid.index(label)[0]]
         assert value == pytest.approx(np.abs(per_prompt).mean(), abs=1e-7)
+
+
+def test_grad_drop_on_a_one_layer_model_says_why_it_cannot_run():
+    from interp_tests.testing import ioi_pairs, tiny_gpt2
+
+    hf, tokenizer = tiny_gpt2(1, 2, 16, seed=0)
+    model = it.load_model(hf, tokenizer=tokenizer)
+    with pytest.raises(SettingsError, match="one layer"):
+        it.patch(model, ioi_pairs(2), "mlp", method="attribution", grad_drop=True)
