@@ -27,13 +27,15 @@ also runs the clean and corrupted caching passes. Per sweep, under ``torch.no_gr
 sweep of each, then ``--repeats`` interleaved repeats (interp-tests, TL, interp-tests, TL, ...). Every
 repeat's two maps are compared: the exit status is 1 when they differ by more than 1e-4 (max abs) in any
 repeat, or when a sweep's |mean LD_clean - mean LD_corrupted| <= 0.1. The table gives median seconds, the
-speedup (median over repeats of TL s / interp-tests s), the max abs difference over repeats and, per phase,
-the peak RSS above the RSS before it (max over repeats; see ``bench_head_sweep.PeakMemory``), plus
-``torch.cuda.max_memory_allocated`` above the allocation before it with ``--device cuda``. The last line is
+speedup (median over repeats of TL s / interp-tests s) and the max abs difference over repeats. Then the
+memory table (``--no-memory`` skips it, ``--memory-only`` skips the timing): each (sweep, method) runs once
+in a fresh process that builds the same model and prompts, as in ``bench_head_sweep.sweep_memory``: peak RSS
+(VmHWM) during the sweep above the RSS after setup, and with ``--device cuda`` ``torch.cuda.max_memory_allocated``
+above the allocation after setup. The last line is
 ``min_speedup_vs_transformer_lens=<the smallest per-sweep median speedup>``.
 
     HF_HUB_OFFLINE=1 python benchmarks/bench_sweeps.py [--sweeps mlp resid organism] [--repeats 3] [--threads 1]
-        [--device cpu|cuda] [--prompts 16] [--organism-prompts 64] [--seed 0]
+        [--device cpu|cuda] [--prompts 16] [--organism-prompts 64] [--seed 0] [--no-memory | --memory-only]
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import os
 import statistics
 import sys
 import time
-import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,9 +65,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_head_sweep import (
     MIN_GAP,
     TOLERANCE,
-    PeakMemory,
+    add_memory_flags,
     bridge_logits_error,
     build_gpt2_small,
+    print_memory_table,
+    quiet,
+    sweep_memory,
     timed,
 )
 
@@ -114,15 +119,13 @@ class Sweep:
 
 @dataclass
 class Measurement:
-    """Interleaved timings, memory peaks and map differences of one sweep."""
+    """Interleaved timings and map differences of one sweep."""
 
     sweep: str
     grid: tuple[int, ...]
     gap: float
     ours_s: list[float] = field(default_factory=list)
     tl_s: list[float] = field(default_factory=list)
-    ours_memory: list[PeakMemory] = field(default_factory=list)
-    tl_memory: list[PeakMemory] = field(default_factory=list)
     diffs: list[float] = field(default_factory=list)
 
     @property
@@ -132,18 +135,16 @@ class Measurement:
 
 def measure(sweep: Sweep, repeats: int, cuda: bool) -> Measurement:
     """One warm-up sweep of each, then ``repeats`` interleaved timed repeats."""
-    (ours_map, gap), warm_ours, _ = timed(sweep.ours, cuda)
-    _, warm_tl, _ = timed(sweep.theirs, cuda)
+    (ours_map, gap), warm_ours = timed(sweep.ours, cuda)
+    _, warm_tl = timed(sweep.theirs, cuda)
     print(f"{sweep.name}: warm-up interp-tests {warm_ours:.2f} s, TransformerLens {warm_tl:.2f} s; mean LD_clean - mean LD_corrupted = {gap:.4f}")
     measurement = Measurement(sweep.name, ours_map.shape, gap)
     for r in range(repeats):
-        (ours_map, _), ours_s, ours_memory = timed(sweep.ours, cuda)
-        tl_map, tl_s, tl_memory = timed(sweep.theirs, cuda)
+        (ours_map, _), ours_s = timed(sweep.ours, cuda)
+        tl_map, tl_s = timed(sweep.theirs, cuda)
         diff = float(np.abs(ours_map - tl_map).max()) if ours_map.shape == tl_map.shape else float("inf")
         measurement.ours_s.append(ours_s)
         measurement.tl_s.append(tl_s)
-        measurement.ours_memory.append(ours_memory)
-        measurement.tl_memory.append(tl_memory)
         measurement.diffs.append(diff)
         print(
             f"{sweep.name} repeat {r + 1}/{repeats}: interp-tests {ours_s:.2f} s, TransformerLens {tl_s:.2f} s, "
@@ -159,29 +160,43 @@ def logits_error(sweep: Sweep) -> float:
     return bridge_logits_error(sweep.model, sweep.bridge, ids.to(sweep.model.device))
 
 
-def peak(memories: list[PeakMemory], attribute: str) -> float:
-    """The largest growth over repeats, in MB; 0 where no phase grew (a level within rounding below the start)."""
-    return max(0.0, *(getattr(memory, attribute) for memory in memories))
-
-
-def print_table(measurements: list[Measurement], cuda: bool) -> None:
-    header = (
-        f"{'sweep':<10}{'grid':>8}{'interp-tests s':>16}{'TL s':>9}{'speedup':>9}{'max |diff|':>12}"
-        f"{'ours RSS +MB':>14}{'TL RSS +MB':>12}"
-    )
-    if cuda:
-        header += f"{'ours CUDA +MB':>15}{'TL CUDA +MB':>13}"
+def print_table(measurements: list[Measurement]) -> None:
+    header = f"{'sweep':<10}{'grid':>8}{'interp-tests s':>16}{'TL s':>9}{'speedup':>9}{'max |diff|':>12}"
     print(header)
     print("-" * len(header))
     for m in measurements:
-        line = (
+        print(
             f"{m.sweep:<10}{'x'.join(map(str, m.grid)):>8}{statistics.median(m.ours_s):>16.2f}"
             f"{statistics.median(m.tl_s):>9.2f}{m.speedup:>9.2f}{max(m.diffs):>12.3g}"
-            f"{peak(m.ours_memory, 'rss_mb'):>14.0f}{peak(m.tl_memory, 'rss_mb'):>12.0f}"
         )
-        if cuda:
-            line += f"{peak(m.ours_memory, 'cuda_mb'):>15.0f}{peak(m.tl_memory, 'cuda_mb'):>13.0f}"
-        print(line)
+
+
+def build_sweeps(
+    names: list[str], n_prompts: int, organism_prompts: int, seed: int, init_range: float, device: str
+) -> list[Sweep]:
+    """The sweeps ``names`` (in ``SWEEPS`` order); the GPT-2-small ones share one model."""
+    selected: list[Sweep] = []
+    if "mlp" in names or "resid" in names:
+        model, bridge, pairs = build_gpt2_small(n_prompts, seed, init_range, device)
+        for name, component, positions in (("mlp", "mlp", "all"), ("resid", "resid", "each")):
+            if name in names:
+                selected.append(Sweep(name, model, bridge, pairs, component, positions))
+    if "organism" in names:
+        model = load_model("organism", device=device)
+        bridge = boot_transformer_lens(organism_dir(), device=device)
+        pairs = same_length_ioi(model.tokenizer, organism_prompts, seed)
+        selected.append(Sweep("organism", model, bridge, pairs, "attn_head", "all"))
+    return selected
+
+
+def memory_setup(
+    name: str, method: str, n_prompts: int, organism_prompts: int, seed: int, init_range: float, device: str
+) -> tuple[Callable[[], Any], list[torch.nn.Module]]:
+    """For ``sweep_memory``'s child: build sweep ``name`` as ``main`` does; return ``method``'s sweep."""
+    (sweep,) = build_sweeps([name], n_prompts, organism_prompts, seed, init_range, device)
+    if method == "interp-tests":
+        return sweep.ours, [sweep.model.hf]
+    return sweep.theirs, [sweep.bridge]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,52 +209,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--organism-prompts", type=int, default=64, help="IOI pairs for the organism (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-range", type=float, default=0.08, help="std of the random weights (default 0.08)")
+    add_memory_flags(parser)
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     torch.set_num_threads(args.threads)
-    # A random model is at chance on IOI by construction; patch() would warn on every sweep.
-    warnings.filterwarnings("ignore", message="The model's clean accuracy")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
+    quiet()
     run_start = time.perf_counter()
     cuda = args.device == "cuda"
     sweeps = [name for name in SWEEPS if name in args.sweeps]
     print(f"device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}")
+    build_args = (args.prompts, args.organism_prompts, args.seed, args.init_range, args.device)
 
-    selected: list[Sweep] = []
-    if "mlp" in sweeps or "resid" in sweeps:
-        model, bridge, pairs = build_gpt2_small(args.prompts, args.seed, args.init_range, args.device)
-        for name, component, positions in (("mlp", "mlp", "all"), ("resid", "resid", "each")):
-            if name in sweeps:
-                selected.append(Sweep(name, model, bridge, pairs, component, positions))
-        print(
-            f"GPT-2 small architecture, random init (std {args.init_range}, seed {args.seed}), 12 layers x 12 heads, "
-            f"d_model 768, vocab {len(model.tokenizer)}; {len(pairs)} IOI pairs of {selected[-1].tokens.seq_len} "
-            f"tokens, STR at S2; bridge vs HF logits max |diff| / max |logit| = {logits_error(selected[-1]):.3g}"
-        )
-    if "organism" in sweeps:
-        model = load_model("organism", device=args.device)
-        bridge = boot_transformer_lens(organism_dir(), device=args.device)
-        pairs = same_length_ioi(model.tokenizer, args.organism_prompts, args.seed)
-        selected.append(Sweep("organism", model, bridge, pairs, "attn_head", "all"))
-        print(
-            f"organism: 4 layers x 4 heads, d_model 128, vocab {len(model.tokenizer)}; {len(pairs)} IOI pairs of "
-            f"{selected[-1].tokens.seq_len} tokens, STR at S2; bridge vs HF logits max |diff| / max |logit| = "
-            f"{logits_error(selected[-1]):.3g}"
-        )
+    def memory_table() -> None:
+        rows = [
+            (f"{name}: {method}", sweep_memory(memory_setup, (name, method, *build_args), args.threads, args.device))
+            for name in sweeps
+            for method in ("interp-tests", "TransformerLens")
+        ]
+        print_memory_table(rows, cuda, label="sweep: method")
+
+    if args.memory_only:
+        memory_table()
+        return 0
+
+    selected = build_sweeps(sweeps, *build_args)
+    for sweep in selected:
+        if sweep.name == "organism":
+            print(
+                f"organism: 4 layers x 4 heads, d_model 128, vocab {len(sweep.model.tokenizer)}; {len(sweep.pairs)} "
+                f"IOI pairs of {sweep.tokens.seq_len} tokens, STR at S2; bridge vs HF logits max |diff| / max |logit| = "
+                f"{logits_error(sweep):.3g}"
+            )
+        elif sweep is selected[0]:
+            print(
+                f"GPT-2 small architecture, random init (std {args.init_range}, seed {args.seed}), 12 layers x 12 heads, "
+                f"d_model 768, vocab {len(sweep.model.tokenizer)}; {len(sweep.pairs)} IOI pairs of {sweep.tokens.seq_len} "
+                f"tokens, STR at S2; bridge vs HF logits max |diff| / max |logit| = {logits_error(sweep):.3g}"
+            )
 
     measurements = [measure(sweep, args.repeats, cuda) for sweep in selected]
-    exact = all(memory.exact for m in measurements for memory in [*m.ours_memory, *m.tl_memory])
-    print(
-        f"\nmedians over {args.repeats} interleaved repeats; speedup = median of TL s / interp-tests s; peak RSS = "
-        + ("VmHWM during the phase - RSS before it" if exact else "ru_maxrss growth during the phase (new peaks only)")
-        + ", max over repeats"
-    )
-    print_table(measurements, cuda)
+    print(f"\nmedians over {args.repeats} interleaved repeats; speedup = median of TL s / interp-tests s")
+    print_table(measurements)
+    if not args.no_memory:
+        memory_table()
     print(f"total runtime {time.perf_counter() - run_start:.0f} s")
     failed = False
     for m in measurements:
