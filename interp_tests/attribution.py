@@ -63,6 +63,7 @@ from .patching import (
     _site_activation,
     eval_mode,
     exact_patch,
+    pass_inputs,
     prepare_sweep,
     run,
     shared_prefix,
@@ -100,16 +101,7 @@ def _grad_run(
     site in ``sites`` [rows, seq - prefix, features]. The prefix's keys and values come from the cache and
     carry no graph: nothing a patch after the prefix does can change them.
     """
-    device = model.device
-    start = prefix.length
-    ids = run_input.ids[index, start:].to(device)
-    mask = tokens.attention_mask[index].to(device)
-    last = tokens.lengths[index] - 1 - start
-    read_at, row_read = torch.unique(last, return_inverse=True)
-    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
-    inputs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": read_at.to(device)}
-    if prefix.past is not None:
-        inputs["past_key_values"] = prefix.past_for(index)
+    inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     activations = {}
     with model.nn.trace(inputs):
         if delta is not None:
@@ -120,7 +112,7 @@ def _grad_run(
                 if site in sites:
                     activations[(layer, site)] = _site_activation(model, site, layer).save()
         logits = model.envoy(model.adapter.unembed).output
-        final = logits[torch.arange(len(index), device=device), row_read.to(device)].save()
+        final = logits[torch.arange(len(index), device=model.device), row_read].save()
     return final, dict(activations)
 
 

@@ -171,6 +171,27 @@ def _plan(
     return plan
 
 
+def pass_inputs(
+    model: PatchableModel, tokens: TokenizedPairs, run_input: RunInput, index: torch.Tensor, prefix: SharedPrefix
+) -> tuple[dict[str, Any], torch.Tensor | None, torch.Tensor]:
+    """What a forward pass over prompts ``index`` from the end of ``prefix`` needs: the model's keyword
+    arguments (the prefix's cached keys and values, logits kept only at the rows' last tokens), the embedding
+    noise to add (or None), and each row's index among the kept logits."""
+    device = model.device
+    start = prefix.length
+    last = tokens.lengths[index] - 1 - start
+    read_at, row_read = torch.unique(last, return_inverse=True)
+    inputs: dict[str, Any] = {
+        "input_ids": run_input.ids[index, start:].to(device),
+        "attention_mask": tokens.attention_mask[index].to(device),
+        "logits_to_keep": read_at.to(device),
+    }
+    if prefix.past is not None:
+        inputs["past_key_values"] = prefix.past_for(index)
+    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
+    return inputs, delta, row_read.to(device)
+
+
 def run(
     model: PatchableModel,
     tokens: TokenizedPairs,
@@ -192,17 +213,9 @@ def run(
     """
     index = torch.as_tensor(list(prompts))
     device = model.device
-    start = prefix.length
-    ids = run_input.ids[index, start:].to(device)
-    mask = tokens.attention_mask[index].to(device)
-    last = tokens.lengths[index] - 1 - start
-    read_at, row_read = torch.unique(last, return_inverse=True)
-    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
+    inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     plan = _plan(model, tokens, row_sites, prompts, prefix) if row_sites is not None else {}
     resumed = _rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
-    inputs = {"input_ids": ids, "attention_mask": mask, "logits_to_keep": read_at.to(device)}
-    if prefix.past is not None:
-        inputs["past_key_values"] = prefix.past_for(index)
     saved: dict[tuple[int, str], Any] = {}
     with model.nn.trace(inputs):
         if delta is not None and resume_at == 0:
@@ -222,7 +235,7 @@ def run(
                 for op in ops:
                     op.apply(activation, cache[(layer, site)])
         logits = model.envoy(model.adapter.unembed).output
-        final = logits[torch.arange(len(index), device=device), row_read.to(device)].save()
+        final = logits[torch.arange(len(index), device=device), row_read].save()
     return final.float().cpu(), saved
 
 
