@@ -21,7 +21,6 @@ The last line is ``attribution_speedup=<median over repeats of exact s / AtP s>`
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import statistics
@@ -39,14 +38,13 @@ from scipy import stats
 from interp_tests import PatchableModel, PatchResult, load_model, patch, tasks
 from interp_tests.attribution import compare_with_exact
 from interp_tests.pairs import PromptPairs
-from interp_tests.testing import orient_answers, tiny_gpt2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_head_sweep import (
-    add_memory_flags,
-    ioi_pairs16,
+    bench_parser,
+    gpt2_small_hf,
+    parse_bench_args,
     print_memory_table,
-    quiet,
     sweep_memory,
     timed,
 )
@@ -62,8 +60,7 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def build_model(n_prompts: int, device: str) -> tuple[PatchableModel, PromptPairs]:
     """The random GPT-2-small-size model (std 0.08, seed 0) and ``n_prompts`` oriented 16-token IOI pairs."""
-    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=0.08, seed=0)
-    pairs = orient_answers(hf, tokenizer, ioi_pairs16(n_prompts, seed=0))
+    hf, tokenizer, pairs = gpt2_small_hf(n_prompts, seed=0, init_range=0.08)
     return load_model(hf, tokenizer=tokenizer, device=device), pairs
 
 
@@ -97,20 +94,10 @@ def organism_table(n: int, device: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats (default 5)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser = bench_parser(__doc__.splitlines()[0], repeats=5)
     parser.add_argument("--prompts", type=int, default=16, help="IOI pairs for the GPT-2-small sweep")
     parser.add_argument("--task-prompts", type=int, default=64, help="pairs per organism task")
-    add_memory_flags(parser)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    torch.set_num_threads(args.threads)
-    quiet()
+    args = parse_bench_args(parser, argv)
     cuda = args.device == "cuda"
     print(f"device {args.device}; torch {torch.__version__}, threads {torch.get_num_threads()}")
 

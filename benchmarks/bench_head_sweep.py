@@ -245,14 +245,40 @@ def print_memory_table(rows: list[tuple[str, MemoryPeak]], cuda: bool, label: st
         print(line, flush=True)
 
 
-def add_memory_flags(parser: argparse.ArgumentParser) -> None:
-    """``--no-memory`` and ``--memory-only`` (mutually exclusive)."""
+def bench_parser(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options every timing benchmark takes: ``--repeats``, ``--threads``, ``--device`` and the mutually
+    exclusive ``--no-memory`` / ``--memory-only``; scripts add their own."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--repeats", type=int, default=repeats, help=f"interleaved timed repeats (default {repeats})")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-memory", action="store_true", help="skip the peak-memory table (fresh process per method)")
     group.add_argument("--memory-only", action="store_true", help="print only the peak-memory table, no timing")
+    return parser
+
+
+def parse_bench_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse and check ``bench_parser``'s options, then set the thread count and silence expected warnings."""
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    torch.set_num_threads(args.threads)
+    quiet()
+    return args
 
 
 # --------------------------------------------------------------------------- model
+
+
+def gpt2_small_hf(n_prompts: int, seed: int, init_range: float) -> tuple[Any, Any, PromptPairs]:
+    """The random GPT-2-small-architecture HF model, its tokenizer, and ``n_prompts`` 16-token IOI pairs oriented
+    so that every prompt's clean-corrupted gap is positive."""
+    # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
+    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=init_range, seed=seed)
+    return hf, tokenizer, orient_answers(hf, tokenizer, ioi_pairs16(n_prompts, seed=seed))
 
 
 def build_gpt2_small(
@@ -261,9 +287,7 @@ def build_gpt2_small(
     """The random GPT-2-small-architecture model (interp-tests' and TransformerLens' loads of the same saved
     weights) and ``n_prompts`` 16-token IOI pairs oriented so that every prompt's clean-corrupted gap is positive.
     """
-    # GPT-2 small: 12 layers, 12 heads, d_model 768, vocabulary 50257, context 1024.
-    hf, tokenizer = tiny_gpt2(12, 12, 768, vocab_size=50257, n_ctx=1024, initializer_range=init_range, seed=seed)
-    pairs = orient_answers(hf, tokenizer, ioi_pairs16(n_prompts, seed=seed))
+    hf, tokenizer, pairs = gpt2_small_hf(n_prompts, seed, init_range)
     with tempfile.TemporaryDirectory() as directory:
         save_model(hf, tokenizer, directory)
         del hf
@@ -306,21 +330,11 @@ def memory_setup(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser = bench_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-range", type=float, default=0.08, help="std of the random weights (default 0.08)")
-    add_memory_flags(parser)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    torch.set_num_threads(args.threads)
-    quiet()
+    args = parse_bench_args(parser, argv)
     run_start = time.perf_counter()
     cuda = args.device == "cuda"
 

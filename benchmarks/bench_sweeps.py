@@ -40,7 +40,6 @@ above the allocation after setup. The last line is
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import statistics
@@ -65,11 +64,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_head_sweep import (
     MIN_GAP,
     TOLERANCE,
-    add_memory_flags,
+    bench_parser,
     bridge_logits_error,
     build_gpt2_small,
+    parse_bench_args,
     print_memory_table,
-    quiet,
     sweep_memory,
     timed,
 )
@@ -200,23 +199,13 @@ def memory_setup(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = bench_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--sweeps", nargs="+", choices=SWEEPS, default=list(SWEEPS), help="default: all three")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed repeats (default 3)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--prompts", type=int, default=16, help="IOI pairs for the GPT-2-small sweeps (default 16)")
     parser.add_argument("--organism-prompts", type=int, default=64, help="IOI pairs for the organism (default 64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init-range", type=float, default=0.08, help="std of the random weights (default 0.08)")
-    add_memory_flags(parser)
-    args = parser.parse_args(argv)
-    if args.repeats < 1:
-        parser.error("--repeats must be >= 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is available")
-    torch.set_num_threads(args.threads)
-    quiet()
+    args = parse_bench_args(parser, argv)
     run_start = time.perf_counter()
     cuda = args.device == "cuda"
     sweeps = [name for name in SWEEPS if name in args.sweeps]
