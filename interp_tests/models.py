@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +38,9 @@ class PatchableModel:
             warnings.simplefilter("ignore")
             self.nn = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
         self._fingerprint: str | None = None
+        # transformers 5.24 renamed the forward pass's `past_key_values` to `cache` (the old name is removed in
+        # 5.40); earlier 5.x releases only know the old name.
+        self.cache_argument = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
 
     @property
     def n_layers(self) -> int:

@@ -108,7 +108,7 @@ class SharedPrefix:
     computed once: causal attention means nothing later can change them, and patching them is a no-op."""
 
     length: int
-    past: Any  # the model's past_key_values over the prefix, one row per prompt; None when length == 0
+    past: Any  # the model's key/value cache over the prefix, one row per prompt; None when length == 0
 
     def past_for(self, index: torch.Tensor) -> Any:
         if self.past is None:
@@ -187,7 +187,7 @@ def pass_inputs(
         "logits_to_keep": read_at.to(device),
     }
     if prefix.past is not None:
-        inputs["past_key_values"] = prefix.past_for(index)
+        inputs[model.cache_argument] = prefix.past_for(index)
     delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
     return inputs, delta, row_read.to(device)
 
@@ -255,7 +255,8 @@ def shared_prefix(model: PatchableModel, tokens: TokenizedPairs, *runs: RunInput
     if length == 0:
         return NO_PREFIX
     ids = runs[0].ids[:, :length].to(model.device)
-    past = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values  # logits are not read
+    output = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)  # its logits are not read
+    past = output[model.cache_argument]
     return SharedPrefix(length, past)
 
 

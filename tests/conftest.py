@@ -1,9 +1,11 @@
 """Shared test setup: offline, test modules importable by name (they share model builders), pytester,
-and a tiny saved model for the plugin tests.
+a tiny saved model for the plugin tests, and a failure for every deprecated dependency API the project calls.
 """
 
+import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import hypothesis  # noqa: F401  (imported here once: pytester's in-process runs would otherwise re-import it, 2 s each)
@@ -15,6 +17,73 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))
 
 pytest_plugins = ["pytester"]
+
+PROJECT = Path(__file__).resolve().parent.parent / "interp_tests"
+DEPRECATIONS = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
+
+
+def project_caller() -> str | None:
+    """``file:line`` of the innermost interp_tests frame on the current stack, or None: the call the project
+    made that led to a dependency's deprecation notice."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        path = Path(frame.f_code.co_filename)
+        if path.is_relative_to(PROJECT):
+            return f"{path.relative_to(PROJECT.parent)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+class DeprecationNotices(logging.Handler):
+    """transformers announces some deprecations through its logger (``logger.warning_once``), not warnings."""
+
+    def __init__(self, found: list[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.found = found
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        caller = project_caller() if "deprecat" in message.lower() else None
+        if caller is not None:
+            self.found.append(f"{caller}: [{record.name}] {message}")
+
+
+@pytest.fixture(autouse=True)
+def no_deprecated_dependency_calls():
+    """Fail a test in which interp_tests itself calls a deprecated API of torch, transformers, nnsight, ...:
+    a deprecation warning (or transformers' logged notice) raised with an interp_tests frame on the stack.
+    Deprecations that tests or dependencies trigger on their own are left to pytest's warnings summary."""
+    found: list[str] = []
+    notices = DeprecationNotices(found)
+    transformers_logger = logging.getLogger("transformers")
+    previous_showwarning = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        caller = project_caller() if issubclass(category, DEPRECATIONS) else None
+        if caller is not None:
+            found.append(f"{caller}: {category.__name__}: {message} ({filename}:{lineno})")
+        # Hand the warning on to whoever shows or records it (pytest's per-test capture, when it is active).
+        record = warnings.WarningMessage(message, category, filename, lineno, file, line)
+        if previous_showwarning is warnings._showwarning_orig:
+            warnings._showwarnmsg_impl(record)
+        else:
+            previous_showwarning(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        for category in DEPRECATIONS:
+            warnings.simplefilter("always", category)
+        warnings.showwarning = showwarning
+        transformers_logger.addHandler(notices)
+        try:
+            yield
+        finally:
+            transformers_logger.removeHandler(notices)
+    if found:
+        pytest.fail(
+            "interp_tests called a deprecated API of a dependency; call its replacement (see the notice):\n"
+            + "\n".join(dict.fromkeys(found)),
+            pytrace=False,
+        )
 
 
 def pytest_configure(config: pytest.Config) -> None:
