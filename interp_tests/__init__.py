@@ -20,11 +20,15 @@ _LAZY = {
     "PatchableModel": "models",
     "PromptPairs": "pairs",
     "patch": "patching",
+    "path_patch": "paths",
     "PatchResult": "results",
     "evaluate": "evaluation",
     "Evaluation": "evaluation",
     "ClaimError": "claims",
     "grid": "robustness",
+    "Circuit": "circuits",
+    "circuit_patch": "circuit_patching",
+    "CircuitResult": "circuit_results",
     "Grid": "robustness",
 }
 _SUBMODULES = ("tasks", "errors", "stats", "robustness", "strategies", "reports")
@@ -34,12 +38,16 @@ __all__ = sorted([*_LAZY, *_SUBMODULES, "__version__"])
 if TYPE_CHECKING:
     from . import errors, reports, robustness, stats, strategies, tasks
     from .adapters import Adapter, register_adapter
+    from .circuit_patching import circuit_patch
+    from .circuit_results import CircuitResult
+    from .circuits import Circuit
     from .claims import ClaimError
     from .errors import InterpError, InterpWarning
     from .evaluation import Evaluation, evaluate
     from .models import PatchableModel, load_model
     from .pairs import PromptPairs
     from .patching import patch
+    from .paths import path_patch
     from .results import PatchResult
     from .robustness import Grid, grid
 

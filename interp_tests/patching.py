@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,14 +203,18 @@ def run(
     cache: dict[tuple[int, str], Any] | None = None,
     prefix: SharedPrefix = NO_PREFIX,
     resume_at: int = 0,
+    writes: Mapping[tuple[int, str], Callable[[torch.Tensor], None]] | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[int, str], Any]]:
     """One forward pass over ``prompts`` (rows may repeat a prompt) from the end of ``prefix``.
 
     Returns the last-token logits ``[rows, vocab]`` and, for ``cache_sites``, every layer's activation
     at the positions after the prefix. ``row_sites[r]`` lists the sites row ``r`` takes from ``cache``
-    (whose rows are prompts). With ``resume_at=L`` layers below L are not computed: their output is
-    taken from ``cache[(L - 1, "out")]``, the unpatched target run's.
+    (whose rows are prompts). ``writes[(layer, site)]`` is called with that live activation (after the
+    row sites' patches) to overwrite parts of it in place: how a circuit patches many sites per row. With
+    ``resume_at=L`` layers below L are not computed: their output is taken from ``cache[(L - 1, "out")]``,
+    the unpatched target run's.
     """
+    writes = writes or {}
     index = torch.as_tensor(list(prompts))
     device = model.device
     inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
@@ -227,13 +231,16 @@ def run(
         for layer in range(resume_at, model.n_layers):
             for site in SITE_ORDER:
                 ops = plan.get((layer, site), ())
-                if site not in cache_sites and not ops:
+                write = writes.get((layer, site))
+                if site not in cache_sites and not ops and write is None:
                     continue
                 activation = _site_activation(model, site, layer)
                 if site in cache_sites:
                     saved[(layer, site)] = _detached_copy(activation).save()
                 for op in ops:
                     op.apply(activation, cache[(layer, site)])
+                if write is not None:
+                    write(activation)
         logits = model.envoy(model.adapter.unembed).output
         final = logits[torch.arange(len(index), device=device), row_read].save()
     return final.float().cpu(), saved
