@@ -354,16 +354,18 @@ def circuit_patch(
         model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
         reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=uses_universe,
     )
+    # The circuit, then the circuit without each node (for per-node contributions), in the same passes.
+    variants = [circuit, *(circuit - [node] for node in circuit)] if len(circuit) > 1 else [circuit]
     if test == "sufficiency" and ablation == "resample":
-        (patched,) = runs.restored([circuit])
-        empty = runs.corrupted
+        patched_runs, empty = runs.restored(variants), runs.corrupted
     elif test == "necessity" and ablation == "resample":
-        (patched,) = runs.ablated([circuit])
-        empty = runs.corrupted
+        patched_runs, empty = runs.ablated(variants), runs.corrupted
     elif test == "necessity":
-        patched, empty = runs.ablated([circuit, runs.universe])
+        *patched_runs, empty = runs.ablated([*variants, runs.universe])
     else:
-        patched, empty = runs.kept([circuit, Circuit()])
+        *patched_runs, empty = runs.kept([*variants, Circuit()])
+    patched = patched_runs[0]
+    without = {node.label: values for node, values in zip(circuit, patched_runs[1:])}
     metrics = {"clean": runs.clean, "corrupted": runs.corrupted, "patched": patched, "empty": empty}
     settings = runs.settings(
         circuit=str(circuit),
@@ -378,7 +380,7 @@ def circuit_patch(
         settings["noise_scale"] = noise_scale
     return circuit_scores(
         circuit, metrics, test=test, ablation=ablation, metric=runs.metric, settings=settings,
-        n_bootstrap=n_bootstrap, confidence=confidence, seed=seed,
+        n_bootstrap=n_bootstrap, confidence=confidence, seed=seed, without=without,
     )
 
 

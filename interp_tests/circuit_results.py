@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from .circuit_claims import CircuitClaims, CompletenessClaims, MinimalityClaims
 from .circuits import Circuit
 from .errors import MetricError, ResultFileError
 from .files import atomic_write
@@ -30,12 +31,14 @@ def _score(metrics: dict[str, np.ndarray], test: str) -> np.ndarray | float:
         return (patched - empty) / gap
 
 
-class CircuitResult:
+class CircuitResult(CircuitClaims):
     """How well a circuit passes one test on a set of prompts.
 
     ``score`` normalises the batch means (as sweeps do); ``per_prompt`` normalises each prompt by its own gap
     (NaN where that gap is ~0); ``interval`` is the percentile bootstrap interval of ``score`` over prompts.
-    ``metrics`` holds the raw per-prompt values m(run) of the clean, corrupted, patched and empty runs.
+    ``metrics`` holds the raw per-prompt values m(run) of the clean, corrupted, patched and empty runs;
+    ``without[label]`` the patched run's values with that node left out of the circuit, so
+    ``contributions`` says how much of the score each node carries.
     """
 
     def __init__(
@@ -49,8 +52,10 @@ class CircuitResult:
         settings: dict[str, Any],
         interval: tuple[float, float],
         confidence: float,
+        without: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.circuit = circuit
+        self.without = {k: np.asarray(v, dtype=np.float64) for k, v in (without or {}).items()}
         self.metrics = {k: np.asarray(metrics[k], dtype=np.float64) for k in RUNS}
         self.test, self.ablation, self.metric = test, ablation, metric
         self.settings = dict(settings)
@@ -73,6 +78,15 @@ class CircuitResult:
         return self.metrics["clean"].shape[0]
 
     @property
+    def contributions(self) -> dict[str, float]:
+        """Per node, the score lost when that node alone is left out of the circuit: score(C) - score(C - v)."""
+        means = {k: float(v.mean()) for k, v in self.metrics.items()}
+        return {
+            label: self.score - float(_score({**means, "patched": float(values.mean())}, self.test))
+            for label, values in self.without.items()
+        }
+
+    @property
     def faithfulness_ratio(self) -> float:
         """Wang et al.'s F(C) / F(M): the patched run's mean metric over the clean run's."""
         return float(self.metrics["patched"].mean() / self.metrics["clean"].mean())
@@ -89,6 +103,10 @@ class CircuitResult:
         ]
         if self.test == "faithfulness":
             lines.append(f"  F(C)/F(M) = {self.faithfulness_ratio:.3f}")
+        if self.without:
+            lines.append("  per node, score lost when it alone is left out: " + ", ".join(
+                f"{label} {value:+.3f}" for label, value in sorted(self.contributions.items(), key=lambda kv: -abs(kv[1]))
+            ))
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -109,8 +127,11 @@ class CircuitResult:
             "interval": self.interval,
             "confidence": self.confidence,
         }
+        meta["without"] = list(self.without)
         buffer = io.BytesIO()
-        np.savez(buffer, meta=np.array(json.dumps(meta)), **{f"metric_{k}": v for k, v in self.metrics.items()})
+        arrays = {f"metric_{k}": v for k, v in self.metrics.items()}
+        arrays.update({f"without_{i}": v for i, v in enumerate(self.without.values())})
+        np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
         return buffer.getvalue()
 
     def save(self, path: str | Path) -> None:
@@ -123,6 +144,7 @@ class CircuitResult:
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 meta = json.loads(str(archive["meta"]))
                 metrics = {k: archive[f"metric_{k}"] for k in RUNS}
+                without = {label: archive[f"without_{i}"] for i, label in enumerate(meta.get("without", []))}
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
             raise ResultFileError(f"{source} is not a readable CircuitResult file ({error}). Recompute it.") from None
         if meta.get("format_version") != FORMAT_VERSION:
@@ -132,7 +154,7 @@ class CircuitResult:
         return cls(
             Circuit(meta["circuit"], groups=meta["groups"]), metrics, test=meta["test"], ablation=meta["ablation"],
             metric=meta["metric"], settings=meta["settings"], interval=tuple(meta["interval"]),
-            confidence=meta["confidence"],
+            confidence=meta["confidence"], without=without,
         )
 
     @classmethod
@@ -172,11 +194,12 @@ def circuit_scores(
     n_bootstrap: int,
     confidence: float,
     seed: int,
+    without: dict[str, np.ndarray] | None = None,
 ) -> CircuitResult:
     interval = bootstrap_interval(metrics, test, n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
     return CircuitResult(
         circuit, metrics, test=test, ablation=ablation, metric=metric, settings=settings, interval=interval,
-        confidence=confidence,
+        confidence=confidence, without=without,
     )
 
 
@@ -212,7 +235,7 @@ class SubsetScores:
         return "\n".join(lines)
 
 
-class Completeness(SubsetScores):
+class Completeness(SubsetScores, CompletenessClaims):
     """Wang et al. (2023, section 4): incompleteness ``|F(C\\K) - F(M\\K)|`` over the searched subsets K of C.
     A complete circuit loses as much as the whole model when any part K is knocked out of both."""
 
@@ -234,7 +257,7 @@ class Completeness(SubsetScores):
         )
 
 
-class Minimality(SubsetScores):
+class Minimality(SubsetScores, MinimalityClaims):
     """Wang et al. (2023, section 4): for each node v, the subset K of C\\{v} where removing v too changes the
     faithfulness metric most, ``|F(C\\(K+v)) - F(C\\K)|``. Every node of a minimal circuit matters somewhere."""
 

@@ -1,0 +1,51 @@
+"""Circuit claims about a real pretrained model: stories260K (llama2.c, Llama architecture with grouped-query
+attention, trained on TinyStories) recalls a character's name ("...a little girl named Lily. One day," ->
+"Lily"). Measured with the calls below on 16 pairs (8 templates x Lily/Tim swapped); skipped where the
+shared weights are absent (they are never copied into the repository)."""
+
+from pathlib import Path
+
+import pytest
+
+import interp_tests as it
+
+STORIES = Path(__file__).resolve().parents[3] / "shared" / "models" / "stories260K" / "stories260K.bin"
+pytestmark = pytest.mark.skipif(not STORIES.is_file(), reason=f"stories260K is not at {STORIES} (see shared/models/README.md)")
+
+TEMPLATES = [
+    "Once upon a time, there was a little girl named {X}. One day,",
+    "Once upon a time, there was a little boy named {X}. One day,",
+    "Once upon a time, there was a little dog named {X}. One day,",
+    "Once upon a time, there was a kind girl named {X}. She liked to play. One day,",
+    "Once upon a time, there was a happy boy named {X}. He had a big ball. One day,",
+    "One day, a little girl named {X} went to the park. She saw a bird.",
+    "Once upon a time, there was a girl named {X}. She had a red ball. Every day,",
+    "There was a little boy named {X}. He loved to run. One day,",
+]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return it.load_model(STORIES)
+
+
+@pytest.fixture(scope="module")
+def pairs():
+    """The two single-token names of its 512-piece vocabulary, swapped (written without a leading space:
+    SentencePiece marks the word boundary itself)."""
+    rows = [(t.format(X=a), t.format(X=b), a, b) for t in TEMPLATES for a, b in (("Lily", "Tim"), ("Tim", "Lily"))]
+    clean, corrupted, answer, wrong = map(list, zip(*rows))
+    return it.PromptPairs(clean=clean, corrupted=corrupted, answer=answer, wrong=wrong)
+
+
+def test_head_2_6_is_the_name_recall_head(model, pairs):
+    result = it.patch(model, pairs, "attn_head")
+    result.assert_detected("2.6")  # z 5.83; next 4.0 (1.90), 4.4 (0.60)
+    assert result.detected() == ["2.6"]
+
+
+def test_three_heads_restore_and_carry_name_recall(model, pairs):
+    circuit = it.Circuit(["2.6", "4.0", "4.4"])
+    it.circuit_patch(model, pairs, circuit, test="sufficiency").assert_score(at_least=0.9)  # measured 0.967
+    it.circuit_patch(model, pairs, circuit, test="necessity").assert_score(at_least=0.9)  # measured 0.967
+    it.circuit_patch(model, pairs, circuit, test="faithfulness").assert_score(at_least=0.85)  # measured 0.891
