@@ -24,22 +24,6 @@ TESTS = ("sufficiency", "necessity", "faithfulness")
 ABLATIONS = ("resample", "mean", "zero")
 
 
-def _api():
-    """(circuit_patch, Circuit), or a skip while the library does not have them yet."""
-    circuit_patch = getattr(it, "circuit_patch", None)
-    circuit_cls = getattr(it, "Circuit", None)
-    if circuit_patch is None or circuit_cls is None:
-        try:
-            from interp_tests import circuits
-        except ImportError:
-            pytest.skip("interp_tests.circuits does not exist yet")
-        circuit_patch = circuit_patch or getattr(circuits, "circuit_patch", None)
-        circuit_cls = circuit_cls or getattr(circuits, "Circuit", None)
-    if circuit_patch is None or circuit_cls is None:
-        pytest.skip("interp_tests.circuit_patch is not implemented yet")
-    return circuit_patch, circuit_cls
-
-
 def _s2(prompt: str) -> tuple[int, int]:
     """Character span of the second subject: the name after ', '."""
     start = prompt.index(", ") + 2
@@ -77,8 +61,7 @@ def scores_from_metrics(metrics, test):
 
 
 def _run(model, circuit, universe, **settings):
-    circuit_patch, circuit_cls = _api()
-    return circuit_patch(model, PAIRS, circuit_cls(circuit), universe=None if universe is None else circuit_cls(universe),
+    return it.circuit_patch(model, PAIRS, it.Circuit(circuit), universe=None if universe is None else it.Circuit(universe),
                          **settings)
 
 
@@ -149,7 +132,6 @@ CASES = [
 
 @pytest.mark.parametrize(("arch", "circuit", "test", "ablation", "metric"), CASES)
 def test_circuit_scores_match_the_hook_reference_on_a_padded_batch(arch, circuit, test, ablation, metric):
-    _api()
     model = _model(arch)
     labels, universe = CIRCUITS[circuit]
     result = _run(model, labels, universe, test=test, ablation=ablation, metric=metric)
@@ -172,11 +154,10 @@ def test_batch_size_does_not_change_a_circuit_score():
 def test_mean_ablation_over_explicit_reference_pairs_matches_the_reference(test):
     """reference=PAIRS[[2, 0, 2]]: lengths 19, 11, 19, so each position's mean weights prompt 2 twice below token 11
     and is prompt 2 alone from there; circuit and universe given as plain label lists."""
-    circuit_patch, _ = _api()
     model = _model("llama")
     labels, universe = CIRCUITS["mixed"]
     reference = PAIRS[[2, 0, 2]]
-    result = circuit_patch(model, PAIRS, labels, test=test, ablation="mean", universe=universe, reference=reference)
+    result = it.circuit_patch(model, PAIRS, labels, test=test, ablation="mean", universe=universe, reference=reference)
     ref = reference_circuit(model, PAIRS, labels, test=test, ablation="mean", universe=universe,
                             reference=reference.corrupted)
     assert_matches(result, ref, test, "logit_diff")
@@ -185,9 +166,8 @@ def test_mean_ablation_over_explicit_reference_pairs_matches_the_reference(test)
 
 
 def test_mean_ablation_with_reference_prompts_too_short_is_an_error():
-    circuit_patch, _ = _api()
     with pytest.raises(it.InterpError, match="reference"):
-        circuit_patch(_model("gpt2"), PAIRS, HEADS_MLP, test="faithfulness", ablation="mean", reference=PAIRS[[0, 1]])
+        it.circuit_patch(_model("gpt2"), PAIRS, HEADS_MLP, test="faithfulness", ablation="mean", reference=PAIRS[[0, 1]])
 
 
 # ---- invariants against the library's own sweeps and what the semantics imply ----
