@@ -267,7 +267,7 @@ class CircuitRuns:
         site_names = tuple(sorted({s for _, s in self.sites}))
         self.reader = AnswerReader(tokens, model.hf.config.vocab_size)
         everyone = list(range(tokens.n))
-        self.runs = 2
+        self.runs = 2 * tokens.n  # forward passes of one prompt each: clean and corrupted, then every patched one
         with torch.no_grad(), eval_mode(model):
             # Resampled values equal the clean ones wherever the prompts agree, so the shared prefix holds for
             # them; mean and zero ablation change the prefix's activations too.
@@ -287,6 +287,7 @@ class CircuitRuns:
             self.corrupted = _metric_values(self.reader.stats(corrupt_logits, index), self.metric)
             reference_tokens = tokens if reference is None else tokenize(model, reference)
             self.values = _ablated_values(model, tokens, ablation, self.sites, self.corrupt_cache, reference_tokens)
+            self.runs += reference_tokens.n if ablation == "mean" else 0
         self.reference = "the pairs' corrupted prompts" if reference is None else f"{len(reference)} reference pairs"
 
     def _masks(self) -> Masks:

@@ -138,7 +138,8 @@ def test_completeness_compares_circuit_and_model_without_each_subset_as_the_refe
     assert found.gap == pytest.approx(gap, abs=1e-4)
     worst = max(abs(a - b) for _, _, a, b in found.rows) / abs(found.gap)
     assert found.incompleteness == pytest.approx(worst, rel=1e-6)
-    assert found.n_runs == 3 * (2 + 2 + 2 * len(found.rows))  # clean, corrupted, full, empty, then two per K
+    # Per prompt: clean, corrupted, (the reference prompts for mean ablation), full, empty, then two per K.
+    assert found.n_runs == 3 * (2 + (ablation == "mean") + 2 + 2 * len(found.rows))
 
 
 def test_greedy_completeness_grows_the_worst_subset(gpt2):
