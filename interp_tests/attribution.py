@@ -57,18 +57,18 @@ from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
 from .metrics import AnswerReader, RunStats, warn_if_at_chance
 from .models import PatchableModel
-from .patching import (
+from .engine import (
     SharedPrefix,
-    _rows_per_pass,
-    _site_activation,
     eval_mode,
-    exact_patch,
     pass_inputs,
     prepare_sweep,
+    rows_per_pass,
     run,
     shared_prefix,
+    site_activation,
     sweep_result,
 )
+from .exact import exact_patch
 from .results import PatchResult
 
 METHOD = "attribution"
@@ -110,7 +110,7 @@ def _grad_run(
         for layer in range(model.n_layers):
             for site in SITE_ORDER:
                 if site in sites:
-                    activations[(layer, site)] = _site_activation(model, site, layer).save()
+                    activations[(layer, site)] = site_activation(model, site, layer).save()
         logits = model.envoy(model.adapter.unembed).output
         final = logits[torch.arange(len(index), device=model.device), row_read].save()
     return final, dict(activations)
@@ -202,11 +202,11 @@ def attribution_patch(
         with torch.no_grad():
             prefix = shared_prefix(model, tokens, source, target)
             source_logits, cache = run(model, tokens, source, list(range(n)), cache_sites=(site,), prefix=prefix)
-        rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+        batch_rows = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
         sites = {site, "attn", "mlp"} if grad_drop else {site}
         with _parameters_require_grad(model), torch.enable_grad():
-            for begin in range(0, n, rows_per_pass):
-                index = torch.arange(begin, min(n, begin + rows_per_pass))
+            for begin in range(0, n, batch_rows):
+                index = torch.arange(begin, min(n, begin + batch_rows))
                 target_logits, live = _grad_run(model, tokens, target, index, sites, prefix)
                 clean_logits = source_logits[index] if direction == "denoise" else target_logits.detach()
                 reader.clean_logprobs[index] = torch.log_softmax(clean_logits.float().cpu(), dim=-1)
@@ -236,7 +236,7 @@ def attribution_patch(
     patched = RunStats(**{f: getattr(target_stats, f)[None, :] + raw for f in _FIELDS})  # only `metric` is read
     result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
-        rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
+        rows_per_pass=batch_rows, component=component, positions=positions, corruption=corruption,
         direction=direction, window=window, seed=seed, noise_scale=noise_scale, metrics=(metric,),
     )
     result.settings["grad_drop"] = grad_drop

@@ -36,15 +36,15 @@ from .errors import ComponentError, PromptError, SettingsError
 from .metrics import AnswerReader, RunStats, check_metric, warn_if_at_chance
 from .models import PatchableModel
 from .pairs import PromptPairs
-from .patching import (
+from .engine import (
     NO_PREFIX,
     OUT_OF_MEMORY,
     Pairs,
     SharedPrefix,
-    _check_choice,
-    _halve_after_out_of_memory,
-    _rows_per_pass,
+    check_choice,
     eval_mode,
+    halve_after_out_of_memory,
+    rows_per_pass,
     run,
     shared_prefix,
     tokenize,
@@ -166,18 +166,18 @@ def masked_stats(
     """Stats of each ``(masks, values)`` run over every prompt: the target run with the masked activations taken
     from ``values``. All runs' rows share batched forward passes; each pass resumes at its first written layer."""
     rows = [(r, p) for r, (masks, _) in enumerate(runs) for p in range(tokens.n)]
-    rows_per_pass = _rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+    per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
     fields = ("prob", "logit_diff", "kl")
     out = {f: torch.full((len(runs), tokens.n), torch.nan) for f in fields}
     begin = 0
     while begin < len(rows):
-        chunk = rows[begin : begin + rows_per_pass]
+        chunk = rows[begin : begin + per_pass]
         try:
             logits = _masked_pass(model, tokens, target, target_cache, prefix, runs, chunk)
         except OUT_OF_MEMORY:
             logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
         if logits is None:
-            rows_per_pass = _halve_after_out_of_memory(model, tokens, len(chunk))
+            per_pass = halve_after_out_of_memory(model, tokens, len(chunk))
             continue
         prompts = torch.tensor([p for _, p in chunk])
         stats = reader.stats(logits, prompts)
@@ -248,7 +248,7 @@ class CircuitRuns:
         batch_size: int | None,
         uses_universe: bool,
     ) -> None:
-        _check_choice("ablation", ablation, ABLATIONS)
+        check_choice("ablation", ablation, ABLATIONS)
         self.model, self.metric, self.ablation, self.batch_size = model, check_metric(metric), ablation, batch_size
         self.tokens = tokens = tokenize(model, pairs)
         named = list(tokens.named_positions)
@@ -348,7 +348,7 @@ def circuit_patch(
     """Score ``circuit`` on the pairs by ``test`` (see the module docstring for the definitions), all its nodes
     patched jointly in one run per prompt. ``reference`` (mean ablation) defaults to the pairs themselves, whose
     corrupted prompts are averaged. The score's interval is a percentile bootstrap over prompts."""
-    _check_choice("test", test, TESTS)
+    check_choice("test", test, TESTS)
     circuit = as_circuit(circuit)
     uses_universe = test == "faithfulness" or ablation != "resample"
     runs = CircuitRuns(

@@ -215,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .components import KINDS
     from .corruptions import DEFAULT_NOISE_SCALE, NAMES
     from .metrics import METRICS
-    from .patching import DIRECTIONS, METHODS
+    from .engine import DIRECTIONS
+    from .patching import METHODS
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")

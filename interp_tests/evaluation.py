@@ -9,7 +9,7 @@ import torch
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input
 from .metrics import AnswerReader
 from .models import PatchableModel
-from .patching import Pairs, eval_mode, run, tokenize
+from .engine import Pairs, eval_mode, run, tokenize
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from .claims import Claims, signed
+from .claims import Claims
 from .components import ComponentGrid, make_grid
 from .errors import ResultFileError, SettingsError
 from .files import atomic_write
 from .metrics import MIN_LOGIT_DIFF_GAP, check_denominator, check_metric
+from .signs import signed
 
 FORMAT_VERSION = 1
 

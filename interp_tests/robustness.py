@@ -3,9 +3,10 @@ metric and which tokens are corrupted, so check it across all of them.
 
 ``grid`` runs one sweep per (corruption, corrupted tokens) and reads every metric from it; ``Grid`` prints
 the paper's Table 1/5 style detections, says whether a component is detected robustly, and saves CSV,
-JSON and a figure. The other functions are the paper's specific cautions: probability cannot see negative
-components (section 4.2), Gaussian noise pushes activations off distribution (section 3.2), and
-sliding-window patching amplifies single-layer effects (section 5).
+JSON and a figure. The other functions are two of the paper's specific cautions: Gaussian noise pushes
+activations off distribution (section 3.2), and sliding-window patching amplifies single-layer effects
+(section 5). The third, that probability cannot see negative components (section 4.2), is
+``stats.probability_blind_spot_warning``, below the claims that warn with it.
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import patching
-from .claims import GridClaims, check_sign
+from . import engine, patching
+from .claims import GridClaims
 from .corruptions import DEFAULT_NOISE_SCALE, NAMES, Corruption, RunInput, corrupted_input, corruption_name
-from .errors import MetricError, SettingsError, did_you_mean
+from .errors import MetricError, SettingsError
 from .files import atomic_write
 from .metrics import METRICS, check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
 from .reports import COLOUR_MAP, require_matplotlib
 from .results import PatchResult
+from .signs import check_sign
 from .specs import TaskSpec
 from .stats import detected_in_at_least
 
@@ -141,7 +143,7 @@ def grid(
     results: dict[Setting, PatchResult] = {}
     invalid: dict[Setting, str] = {}
     for choice in choices:
-        tokens = patching.tokenize(model, make_pairs(choice))
+        tokens = engine.tokenize(model, make_pairs(choice))
         for corruption in corruptions:
             keys = [Setting(corruption_name(corruption), choice, metric) for metric in metrics]
             settings += keys
@@ -355,35 +357,6 @@ def _heatmap(ax: Any, result: PatchResult, vmax: float, sd: float) -> Any:
     return image
 
 
-# ----------------------------------------------------------------------------------- the paper's cautions
-CLAIM_KINDS = ("detected", "negative", "not_detected", "not_negative")
-
-
-def probability_blind_spot_warning(metric: str, claim_kind: str, *, corrupted_prob: float | None = None) -> str | None:
-    """A warning when a claim asserts absence (``"not_detected"``: not involved; ``"not_negative"``) under
-    metric "prob", else None.
-
-    Patching can lower P(answer) by at most the corrupted run's P(answer), so when the corruption drives it
-    near 0 no component can show a negative effect (Zhang & Nanda 2024, section 4.2): such a claim passes
-    whatever the component does. ``corrupted_prob`` (e.g. ``result.settings["corrupted"]["prob"]``) puts
-    the bound in the text.
-    """
-    check_metric(metric)
-    if claim_kind not in CLAIM_KINDS:
-        hint = did_you_mean(claim_kind, CLAIM_KINDS)
-        raise SettingsError(f"claim_kind={claim_kind!r}: use one of {list(CLAIM_KINDS)}.{hint}")
-    if metric != "prob" or claim_kind not in ("not_detected", "not_negative"):
-        return None
-    bound = "" if corrupted_prob is None else f" (here {corrupted_prob:.3g})"
-    what = "is not involved" if claim_kind == "not_detected" else "is not negative"
-    return (
-        f"This claim says a component {what} using metric='prob', which cannot see negative components: "
-        f"patching can lower P(answer) by at most the corrupted run's P(answer){bound}, so when the corruption "
-        "drives it near 0 every component looks non-negative (Zhang & Nanda 2024, section 4.2). Check the claim "
-        "with metric='logit_diff' as well."
-    )
-
-
 @dataclass(frozen=True, eq=False)
 class OffDistribution:
     """Per layer, how far the corrupted run's residual stream at the corrupted tokens is from the clean one.
@@ -439,7 +412,7 @@ class OffDistribution:
 
 def off_distribution(
     model: PatchableModel,
-    pairs: patching.Pairs,
+    pairs: engine.Pairs,
     *,
     corruption: Corruption = "gn",
     seed: int = 0,
@@ -452,7 +425,7 @@ def off_distribution(
     A heuristic for the paper's concern that Gaussian noise puts the model off distribution; with
     ``corruption="str"`` the same numbers show whether token replacement stays in distribution.
     """
-    tokens = patching.tokenize(model, pairs)
+    tokens = engine.tokenize(model, pairs)
     marked = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
     for i, rows in enumerate(tokens.require_corrupt_positions()):
         marked[i, rows] = True
@@ -463,11 +436,11 @@ def off_distribution(
     clean_all: list[list[torch.Tensor]] = [[] for _ in layers]
     clean_marked: list[list[torch.Tensor]] = [[] for _ in layers]
     corrupted_marked: list[list[torch.Tensor]] = [[] for _ in layers]
-    with torch.no_grad(), patching.eval_mode(model):
+    with torch.no_grad(), engine.eval_mode(model):
         for start in range(0, tokens.n, batch_size):
             prompts = list(range(start, min(tokens.n, start + batch_size)))
-            _, clean = patching.run(model, tokens, clean_input, prompts, cache_sites=("resid",))
-            _, corrupted = patching.run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
+            _, clean = engine.run(model, tokens, clean_input, prompts, cache_sites=("resid",))
+            _, corrupted = engine.run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
             for layer in layers:
                 clean_norm = clean[(layer, "resid")].float().norm(dim=-1).cpu()
                 corrupted_norm = corrupted[(layer, "resid")].float().norm(dim=-1).cpu()

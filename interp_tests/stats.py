@@ -3,7 +3,11 @@
 Everything here reads a ``PatchResult``'s stored per-prompt effects, so no model runs again. The paper's
 detection rule (z-score over components >= sd) says which components stand out *relative to the others*;
 ``bootstrap`` says how stable that is under a different draw of prompts, and ``significance`` asks the
-different question of whether a component's effect differs from zero at all.
+different question of whether a component's effect differs from zero at all. ``probability_blind_spot_warning``
+says when an absence claim cannot be trusted at all (Zhang & Nanda 2024, section 4.2).
+
+Results are read through their attributes only (``PatchResult`` is an annotation here): claims, which
+``PatchResult`` mixes in, use these statistics, so this module sits below results.
 """
 
 from __future__ import annotations
@@ -12,14 +16,17 @@ import warnings
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.stats
 
-from .claims import check_sign
 from .errors import ComponentError, MetricError, SettingsError, did_you_mean
-from .metrics import MIN_LOGIT_DIFF_GAP
-from .results import PatchResult
+from .metrics import MIN_LOGIT_DIFF_GAP, check_metric
+from .signs import check_sign
+
+if TYPE_CHECKING:
+    from .results import PatchResult
 
 CORRECTIONS = ("holm", "fdr_bh")
 TESTS = ("t", "wilcoxon")
@@ -356,3 +363,32 @@ def detected_in_at_least(
     first_seen = {label: i for i, label in enumerate(dict.fromkeys(x for result in results for x in result.labels))}
     kept = [label for label, count in counts.items() if count >= m]
     return sorted(kept, key=lambda label: (-counts[label], first_seen[label]))
+
+
+# ----------------------------------------------------------------------------------- the paper's cautions
+CLAIM_KINDS = ("detected", "negative", "not_detected", "not_negative")
+
+
+def probability_blind_spot_warning(metric: str, claim_kind: str, *, corrupted_prob: float | None = None) -> str | None:
+    """A warning when a claim asserts absence (``"not_detected"``: not involved; ``"not_negative"``) under
+    metric "prob", else None.
+
+    Patching can lower P(answer) by at most the corrupted run's P(answer), so when the corruption drives it
+    near 0 no component can show a negative effect (Zhang & Nanda 2024, section 4.2): such a claim passes
+    whatever the component does. ``corrupted_prob`` (e.g. ``result.settings["corrupted"]["prob"]``) puts
+    the bound in the text.
+    """
+    check_metric(metric)
+    if claim_kind not in CLAIM_KINDS:
+        hint = did_you_mean(claim_kind, CLAIM_KINDS)
+        raise SettingsError(f"claim_kind={claim_kind!r}: use one of {list(CLAIM_KINDS)}.{hint}")
+    if metric != "prob" or claim_kind not in ("not_detected", "not_negative"):
+        return None
+    bound = "" if corrupted_prob is None else f" (here {corrupted_prob:.3g})"
+    what = "is not involved" if claim_kind == "not_detected" else "is not negative"
+    return (
+        f"This claim says a component {what} using metric='prob', which cannot see negative components: "
+        f"patching can lower P(answer) by at most the corrupted run's P(answer){bound}, so when the corruption "
+        "drives it near 0 every component looks non-negative (Zhang & Nanda 2024, section 4.2). Check the claim "
+        "with metric='logit_diff' as well."
+    )

@@ -1,5 +1,6 @@
-"""Shared test setup: offline, test modules importable by name (they share model builders), pytester,
-a tiny saved model for the plugin tests, and a failure for every deprecated dependency API the project calls.
+"""Test-suite setup: test modules importable by name (they share model builders), pytester, a tiny saved
+model for the plugin tests, and a failure for every deprecated dependency API the project calls. Offline
+mode is the root conftest.py's, shared with hypotheses/.
 """
 
 import logging
@@ -11,7 +12,6 @@ from pathlib import Path
 import hypothesis  # noqa: F401  (imported here once: pytester's in-process runs would otherwise re-import it, 2 s each)
 import pytest
 
-os.environ["HF_HUB_OFFLINE"] = "1"
 # Tiny models on a shared CPU: a second torch thread only spin-waits (a tiny sweep took 2.5 s instead of 0.02 s).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).parent))

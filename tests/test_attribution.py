@@ -258,7 +258,7 @@ def test_grad_drop_matches_an_autograd_reference(model64, kind):
 
 def test_sweeps_of_these_pairs_share_a_prefix(model64):
     """The pairs differ only after their first tokens, so the estimates above ran from a cached prefix."""
-    from interp_tests.patching import prepare_sweep, shared_prefix
+    from interp_tests.engine import prepare_sweep, shared_prefix
 
     tokens, _, source, target = prepare_sweep(
         model64, PAIRS, "mlp", "str", "logit_diff", positions="all", window=1, direction="denoise", seed=0, noise_scale=3.0

@@ -99,7 +99,7 @@ def test_sweep_writes_heatmap_json_and_progress(sweep_run: dict) -> None:
 
 
 def test_sweep_claim_passes_the_claims_file_checker(sweep_run: dict, tmp_path: Path) -> None:
-    from interp_tests.yaml_claims import parse_claims
+    from interp_tests.plugin.yaml_claims import parse_claims
 
     text = sweep_run["out"].split(CLAIM_MARKER, 1)[1].split("\nwrote ", 1)[0]
     claims, problems = parse_claims(text, tmp_path / "test_found.yaml")
@@ -200,7 +200,7 @@ def test_progress_bar_redraws_one_line_and_ends_it() -> None:
 
 
 def test_attribution_sweep_prints_an_estimate_and_a_claim_that_asks_for_one(model_dir: Path, pairs_file: Path) -> None:
-    from interp_tests.yaml_claims import parse_claims
+    from interp_tests.plugin.yaml_claims import parse_claims
 
     out = io.StringIO()
     argv = ["sweep", "--model", str(model_dir), "--task", str(pairs_file), "--method", "attribution", "--grad-drop"]

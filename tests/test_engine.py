@@ -26,7 +26,7 @@ from transformers import (
 import interp_tests as it
 from interp_tests.components import SITE_OF_KIND
 from interp_tests.corruptions import RunInput, corrupted_input
-from interp_tests.patching import shared_prefix
+from interp_tests.engine import shared_prefix
 
 WORDS = ["<pad>", "When", "John", "Mary", "Tom", "Anna", "Bob", "went", "to", "the", "store", "shop", ",", "gave", "a",
          "drink", "book", "and", "then"]

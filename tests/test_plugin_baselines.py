@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from interp_tests.baselines import check_baseline, snapshot
-from interp_tests.claims import ClaimError
+from interp_tests.claims import ClaimError, check_baseline, snapshot
 
 
 def test_a_baseline_is_reviewable_json_with_one_effect_per_line(tmp_path, tiny_sweep):

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp_tests.cache import SweepCache, sweep_key
 from interp_tests.files import atomic_write
+from interp_tests.plugin.cache import SweepCache, sweep_key
 
 SETTINGS = {"model_fingerprint": "abc", "dataset": "def", "component": "attn_head", "seed": 0}
 
@@ -83,7 +83,7 @@ def test_a_cached_rerun_performs_no_forward_pass(pytester, tiny_files, monkeypat
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("a cached claim ran the model")
 
-    monkeypatch.setattr("interp_tests.patching.run", no_forward_pass)
+    monkeypatch.setattr("interp_tests.engine.run", no_forward_pass)
     second = pytester.runpytest()
     second.assert_outcomes(passed=3)
     second.stdout.fnmatch_lines(["passed   cached *heads", "sweeps: 0 computed, 2 from the cache, 1 reused within the session*"])

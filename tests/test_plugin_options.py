@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from interp_tests.fixtures import session_of
+from interp_tests.plugin.fixtures import session_of
 
 HEAVY = ("torch", "transformers", "nnsight")
 
 
 def test_loading_the_plugin_imports_no_torch(pytester):
-    modules = ", ".join(f"interp_tests.{m}" for m in ("plugin", "fixtures", "yaml_claims", "baselines", "cache", "claims"))
+    modules = ", ".join(f"interp_tests.{m}" for m in ("plugin", "plugin.fixtures", "plugin.yaml_claims", "plugin.baselines", "plugin.cache", "claims"))
     code = f"import sys, {modules}; print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
     pytester.makepyfile(

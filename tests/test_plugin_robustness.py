@@ -167,7 +167,7 @@ def test_a_grid_rerun_comes_from_the_cache_with_its_report_and_warnings(pytester
     def no_forward_pass(*args, **kwargs):
         raise AssertionError("a cached grid ran the model")
 
-    monkeypatch.setattr("interp_tests.patching.run", no_forward_pass)
+    monkeypatch.setattr("interp_tests.engine.run", no_forward_pass)
     second = pytester.runpytest()
     second.assert_outcomes(passed=2)
     assert len(interp_warnings(second)) == 1

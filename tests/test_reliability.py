@@ -36,9 +36,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import interp_tests as it
-from interp_tests import patching
-from interp_tests.baselines import check_baseline, render, snapshot
-from interp_tests.cache import SweepCache, sweep_key
+from interp_tests import engine
+from interp_tests.claims import check_baseline, render, snapshot
 from interp_tests.components import make_grid
 from interp_tests.errors import (
     ComponentError,
@@ -52,9 +51,10 @@ from interp_tests.errors import (
 )
 from interp_tests.metrics import HALF_PRECISION_TOLERANCE
 from interp_tests.pairs import PromptPairs, TokenizedPairs
+from interp_tests.plugin.cache import SweepCache, sweep_key
+from interp_tests.plugin.yaml_claims import CLAIM_KEYS, EXPECT_KEYS, SWEEP_KEYS, TOP_KEYS, Claim, Problem, parse_claims
 from interp_tests.results import PatchResult
 from interp_tests.testing import ioi_pairs, orient_answers, tiny_gpt2
-from interp_tests.yaml_claims import CLAIM_KEYS, EXPECT_KEYS, SWEEP_KEYS, TOP_KEYS, Claim, Problem, parse_claims
 from test_engine import ARCHITECTURES, PAIRS, WORDS, build, word_tokenizer
 
 FORK = multiprocessing.get_context("fork")  # children start in milliseconds and inherit the test's objects
@@ -224,7 +224,7 @@ def test_a_tokenizer_without_a_pad_token_gives_identical_results():
 
 def _memory_limited_run(monkeypatch, max_rows: int, error: type[BaseException]) -> list[int]:
     """Make every patched forward pass of more than ``max_rows`` rows raise ``error``; returns pass sizes."""
-    real_run, sizes = patching.run, []
+    real_run, sizes = engine.run, []
 
     def run(model, tokens, run_input, prompts, **kwargs):
         if kwargs.get("row_sites") is not None:
@@ -233,11 +233,11 @@ def _memory_limited_run(monkeypatch, max_rows: int, error: type[BaseException]) 
                 raise error("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
         return real_run(model, tokens, run_input, prompts, **kwargs)
 
-    monkeypatch.setattr(patching, "run", run)
+    monkeypatch.setattr(engine, "run", run)
     return sizes
 
 
-@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, patching.OUT_OF_MEMORY], ids=["cuda", "torch"])
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError, engine.OUT_OF_MEMORY], ids=["cuda", "torch"])
 def test_out_of_memory_halves_the_rows_per_pass_and_gives_the_same_results(monkeypatch, error):
     model = build("gpt2")
     unconstrained = it.patch(model, PAIRS, "attn_head")
@@ -499,10 +499,10 @@ def test_default_batches_follow_the_memory_available(monkeypatch):
     """CPU: 512 MiB at most, less when memory is short; GPU: half the free memory, to fill the device."""
     model = build("gpt2")
     big = it.patch(model, PAIRS, "attn_head").settings["rows_per_pass"]
-    monkeypatch.setattr(patching, "_available_memory", lambda: 4 * 2**10)  # 4 KiB free: one row per pass
+    monkeypatch.setattr(engine, "_available_memory", lambda: 4 * 2**10)  # 4 KiB free: one row per pass
     tight = it.patch(model, PAIRS, "attn_head")
     assert tight.settings["rows_per_pass"] == 1 < big
-    monkeypatch.setattr(patching, "_available_memory", lambda: None)  # not Linux: the CPU default
-    assert patching.batch_bytes(torch.device("cpu")) == patching.CPU_BATCH_BYTES
+    monkeypatch.setattr(engine, "_available_memory", lambda: None)  # not Linux: the CPU default
+    assert engine.batch_bytes(torch.device("cpu")) == engine.CPU_BATCH_BYTES
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
-    assert patching.batch_bytes(torch.device("cuda")) == 20 * 2**30
+    assert engine.batch_bytes(torch.device("cuda")) == 20 * 2**30

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import interp_tests as it
-from interp_tests import patching, robustness, tasks
+from interp_tests import patching, robustness, stats, tasks
 from interp_tests.corruptions import gaussian_noise
 from interp_tests.errors import ComponentError, SettingsError
 from interp_tests.testing import ioi_pairs, orient_answers, tiny_gpt2
@@ -203,15 +203,15 @@ def test_figure_writes_a_png(head_grid, invalid_grid, which, tmp_path):
 
 # ----------------------------------------------------------------------------------- the paper's cautions
 def test_probability_blind_spot_warning_only_for_absence_claims_under_prob():
-    text = robustness.probability_blind_spot_warning("prob", "not_negative", corrupted_prob=0.0012)
+    text = stats.probability_blind_spot_warning("prob", "not_negative", corrupted_prob=0.0012)
     assert "cannot see negative components" in text and "(here 0.0012)" in text and "logit_diff" in text
-    assert "is not involved" in robustness.probability_blind_spot_warning("prob", "not_detected")
-    assert robustness.probability_blind_spot_warning("logit_diff", "not_negative") is None
-    assert robustness.probability_blind_spot_warning("prob", "detected") is None
+    assert "is not involved" in stats.probability_blind_spot_warning("prob", "not_detected")
+    assert stats.probability_blind_spot_warning("logit_diff", "not_negative") is None
+    assert stats.probability_blind_spot_warning("prob", "detected") is None
     with pytest.raises(SettingsError, match="not_negative"):
-        robustness.probability_blind_spot_warning("prob", "not_negativ")
+        stats.probability_blind_spot_warning("prob", "not_negativ")
     with pytest.raises(SettingsError):
-        robustness.probability_blind_spot_warning("probability", "detected")
+        stats.probability_blind_spot_warning("probability", "detected")
 
 
 def residual_norms(model, tokens, embed_delta=None):

@@ -25,10 +25,10 @@ try:
 except ImportError:  # Windows has no flock; atomic replaces still keep every entry whole.
     fcntl = None
 
-from .files import atomic_write
+from ..files import atomic_write
 
 if TYPE_CHECKING:
-    from .results import PatchResult
+    from ..results import PatchResult
 
 ENTRY_FORMAT = 1
 GITIGNORE = "# Created by interp-tests: cached patching sweeps, safe to delete.\n*\n"
@@ -74,8 +74,8 @@ class SweepCache:
 
     def read(self, key: str, settings: Mapping[str, Any]) -> tuple[PatchResult | None, str | None]:
         """The cached result, or None and why an existing entry was rejected (None when there is none)."""
-        from .errors import InterpError
-        from .results import PatchResult
+        from ..errors import InterpError
+        from ..results import PatchResult
 
         path = self.entry_path(key)
         try:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import pytest
 
-from .errors import (
+from ..errors import (
     InterpError,
     InterpWarning,
     ModelLoadError,
@@ -30,16 +30,16 @@ from .errors import (
     SettingsError,
     WeightsUnavailableError,
 )
-from .specs import TaskSpec, resolve_model_spec
+from ..specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
-    from .attribution import AttributionComparison
-    from .corruptions import Corruption
-    from .models import PatchableModel
-    from .pairs import PromptPairs, TokenizedPairs
-    from .patching import Pairs
-    from .results import PatchResult
-    from .robustness import Grid, OffDistribution, PairsSource
+    from ..attribution import AttributionComparison
+    from ..corruptions import Corruption
+    from ..models import PatchableModel
+    from ..pairs import PromptPairs, TokenizedPairs
+    from ..engine import Pairs
+    from ..results import PatchResult
+    from ..robustness import Grid, OffDistribution, PairsSource
 
 METRICS = ("logit_diff", "prob", "kl")  # metrics.METRICS, which this torch-free module cannot import
 # verify_top's default: how far (in the metric's units; for the logit difference, a tenth of the
@@ -124,7 +124,7 @@ class InterpSession:
             raise InterpError(remote_message())
         key = resolve_model_spec(str(spec), base_dir)
         if key not in self._models:
-            from .models import load_model
+            from ..models import load_model
 
             try:
                 self._models[key] = load_model(key, device=self.options.device)
@@ -172,9 +172,9 @@ class InterpSession:
         (``attribution.verify_top``): a miss beyond ``verify_tolerance`` fails the claim (``ClaimError``),
         otherwise the result carries the exact effects for those components.
         """
-        from . import __version__, patching
+        from .. import __version__, engine, patching
+        from ..corruptions import DEFAULT_NOISE_SCALE
         from .cache import SweepCache, sweep_key
-        from .corruptions import DEFAULT_NOISE_SCALE
 
         if verify_top is not None and method != "attribution":
             raise SettingsError(
@@ -184,7 +184,7 @@ class InterpSession:
         if self.options.seed is not None:
             seed = self.options.seed
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
-        tokens = patching.tokenize(model, pairs)
+        tokens = engine.tokenize(model, pairs)
 
         def compute() -> PatchResult:
             return patching.patch(
@@ -246,7 +246,7 @@ class InterpSession:
         batch_size: int | None, record: ItemRecord,
     ) -> PatchResult:
         """The estimate with its top ``k`` components measured exactly (memoised per sweep and ``k``)."""
-        from .attribution import verify_top
+        from ..attribution import verify_top
 
         memo = (key, k)
         if memo not in self._verifications:
@@ -267,9 +267,9 @@ class InterpSession:
         next to the sweeps, so a cached sweep's check costs no forward pass either."""
         import numpy as np
 
+        from ..files import atomic_write
+        from ..robustness import OffDistribution, off_distribution
         from .cache import canonical, sweep_key
-        from .files import atomic_write
-        from .robustness import OffDistribution, off_distribution
 
         settings = {"check": "off_distribution", **{key: sweep_settings[key] for key in OFF_DISTRIBUTION_KEYS}}
         key = sweep_key(settings)
@@ -312,7 +312,7 @@ class InterpSession:
         ``source`` is a ``TaskSpec`` (each ``corrupt_tokens`` choice becomes the task's ``corrupt`` option,
         replacing the one it names) or whatever ``robustness.grid`` takes.
         """
-        from .robustness import grid
+        from ..robustness import grid
 
         pairs = self._task_source(source, model, corrupt_tokens) if isinstance(source, TaskSpec) else source
 
@@ -345,7 +345,7 @@ class InterpSession:
         """Write the sweep's report when ``--interp-report-dir`` is set."""
         if self.options.report_dir is None:
             return
-        from .reports import write_sweep_report
+        from ..reports import write_sweep_report
 
         paths = write_sweep_report(result, self.options.report_dir, name)
         record.reports.extend(str(path) for path in paths)
@@ -354,7 +354,7 @@ class InterpSession:
         """Write the grid's ``grid.csv``, ``grid.json`` and ``grid.png`` into ``<report dir>/<name>.grid/``."""
         if self.options.report_dir is None:
             return
-        from .reports import slugify
+        from ..reports import slugify
 
         directory = self.options.report_dir / f"{slugify(name)}.grid"
         paths = list(grid.save(directory))
@@ -596,21 +596,3 @@ def interp_grid(request: pytest.FixtureRequest) -> Callable[..., Grid]:
         return result
 
     return grid
-
-
-@pytest.fixture
-def interp_baseline(request: pytest.FixtureRequest) -> Callable[..., str]:
-    """``check(result, name=None, atol=0.01) -> str``: compare the effect map with its stored baseline.
-
-    The baseline is ``__baselines__/<test file stem>/<name or test name>.json`` next to the test;
-    ``--interp-update-baselines`` writes it. Returns "matched", "written" or "unchanged".
-    """
-    from .baselines import check_for_request
-
-    record_of(request.node)
-
-    def check(result: PatchResult, name: str | None = None, atol: float = 0.01) -> str:
-        __tracebackhide__ = True
-        return check_for_request(result, request, name=name, atol=atol)
-
-    return check

@@ -89,16 +89,17 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
-from .claims import SIGNS, ClaimError
-from .errors import InterpError, did_you_mean
+from ..claims import ClaimError, baseline_path, check_baseline, safe_name
+from ..errors import InterpError, did_you_mean
+from ..signs import SIGNS
+from ..specs import TaskSpec
 from .fixtures import ItemRecord, record_of, session_of
-from .specs import TaskSpec
 
 if TYPE_CHECKING:
     from _pytest._code.code import ExceptionInfo, TerminalRepr
 
-    from .results import PatchResult
-    from .robustness import Grid
+    from ..results import PatchResult
+    from ..robustness import Grid
 
 TOP_KEYS = ("model", "task", "claims")
 CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "expect")
@@ -647,8 +648,6 @@ def _checks(
     """The claim's checks as (key, call) in a fixed order: detection, stability, top-k, peak, agreement,
     robustness, then the baseline. ``result`` is the claim's sweep (None when only ``robust`` needs none),
     ``grid`` its robustness grid and ``sweep(**settings)`` another sweep of the claim's model and pairs."""
-    from .baselines import baseline_path, check_baseline
-
     e = claim.expect
     checks: list[tuple[str, Callable[[], Any]]] = []
     if e.detected:
@@ -699,8 +698,6 @@ class ClaimItem(pytest.Item):
         return f"{_shown_path(self)}:{line}"
 
     def runtest(self) -> None:
-        from .baselines import safe_name
-
         session = session_of(self.config)
         record = record_of(self)
         claim = self.claim
@@ -739,7 +736,7 @@ class ClaimItem(pytest.Item):
 
     def _window_context(self, windowed: PatchResult, single: PatchResult, record: ItemRecord) -> str:
         """The sliding window next to the summed single-layer effects (Zhang & Nanda 2024, section 5)."""
-        from .robustness import window_comparison
+        from ..robustness import window_comparison
 
         comparison = window_comparison(single, windowed)
         record.figures.append(f"window peak ratio {comparison.peak_ratio:.2f}")

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from . import fixtures
+from . import baselines, fixtures
 from .fixtures import RECORD_KEY, SESSION_KEY, InterpOptions, InterpSession, record_of
 
 DEVICES = ("cpu", "cuda", "auto")
@@ -133,6 +133,7 @@ def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     config.pluginmanager.register(fixtures, "interp_tests.fixtures")
+    config.pluginmanager.register(baselines, "interp_tests.baselines")
     config.stash[SESSION_KEY] = InterpSession(read_options(config))
     config.stash[_PATTERNS] = [_glob_regex(p) for p in config.getini("interp_yaml_patterns")]
     config.pluginmanager.register(ClaimsSummary(config), "interp_tests.summary")
@@ -165,7 +166,7 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     if record is None:
         yield
         return
-    from .claims import recording_claims
+    from ..claims import recording_claims
 
     with recording_claims() as outcomes:
         yield

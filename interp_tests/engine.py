@@ -1,0 +1,392 @@
+"""The forward-pass machinery every patching method shares: tokenizing, the shared prefix, batched runs
+through nnsight with patches applied in forward order, batch sizing and a sweep's settings and result.
+
+Each patched forward pass carries many rows; a row is one prompt with one component's activation
+restored from the source run's cache. Activations are overwritten in forward order (nnsight requires
+it), and only each prompt's last-token logits leave the trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import __version__
+from .components import SITE_ORDER, ComponentGrid, Site, make_grid
+from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
+from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
+from .metrics import METRICS, RunStats, check_metric, raw_effects
+from .models import PatchableModel
+from .pairs import PromptPairs, TokenizedPairs
+from .results import PatchResult
+
+DIRECTIONS = ("denoise", "noise")
+Pairs = PromptPairs | TokenizedPairs
+# Activation memory one patched forward pass may use when the caller does not size batches: on CPU at most
+# CPU_BATCH_BYTES (bigger passes are no faster there) and a quarter of the available memory; on a GPU,
+# GPU_BATCH_SHARE of its free memory, to fill the device.
+CPU_BATCH_BYTES = 512 * 2**20
+GPU_BATCH_SHARE = 0.5
+# What a forward pass raises when the device runs out of memory: torch.OutOfMemoryError since torch 2.5, with
+# torch.cuda.OutOfMemoryError an alias of it; before, only the latter.
+OUT_OF_MEMORY: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+
+
+@contextlib.contextmanager
+def eval_mode(model: PatchableModel) -> Iterator[None]:
+    """Dropout would make every patching effect random: always run in eval mode, then restore."""
+    was_training = model.hf.training
+    model.hf.eval()
+    try:
+        yield
+    finally:
+        model.hf.train(was_training)
+
+
+def tokenize(model: PatchableModel, pairs: Pairs) -> TokenizedPairs:
+    tokens = pairs if isinstance(pairs, TokenizedPairs) else pairs.tokenize(model.tokenizer)
+    n_ctx = model.shape.n_ctx
+    if n_ctx is not None and tokens.seq_len > n_ctx:
+        longest = int(tokens.lengths.argmax())
+        raise PromptError(
+            f"Prompt {longest} is {tokens.seq_len} tokens long, more than the model's context of {n_ctx}. "
+            "Shorten the prompts."
+        )
+    return tokens
+
+
+def site_activation(model: PatchableModel, site: str, layer: int) -> Any:
+    """The live activation of ``site`` at ``layer`` inside a trace; writes to it patch the run."""
+    adapter = model.adapter
+    if site == "resid":
+        return model.envoy(adapter.layers)[layer].input
+    if site == "out":
+        return model.envoy(adapter.layers)[layer].output
+    if site == "head":
+        return model.envoy(adapter.head_out, layer).input
+    if site == "attn":
+        return model.envoy(adapter.attn, layer).output[0]
+    return model.envoy(adapter.mlp, layer).output
+
+
+def _rows(value: Any, index: torch.Tensor) -> Any:
+    """Rows ``index`` of a tensor, or of every tensor in a tuple (some layers return tuples)."""
+    if isinstance(value, tuple):
+        return tuple(_rows(v, index) for v in value)
+    return value[index] if isinstance(value, torch.Tensor) else value
+
+
+def _detached_copy(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return tuple(_detached_copy(v) for v in value)
+    return value.clone() if isinstance(value, torch.Tensor) else value
+
+
+@dataclass(frozen=True)
+class SharedPrefix:
+    """Positions ``[0, length)`` are the same in every run of a sweep, so their keys and values are
+    computed once: causal attention means nothing later can change them, and patching them is a no-op."""
+
+    length: int
+    past: Any  # the model's key/value cache over the prefix, one row per prompt; None when length == 0
+
+    def past_for(self, index: torch.Tensor) -> Any:
+        if self.past is None:
+            return None
+        past = copy.deepcopy(self.past)
+        past.batch_select_indices(index.to(self.past.layers[0].keys.device))
+        return past
+
+
+NO_PREFIX = SharedPrefix(0, None)
+
+
+class PatchOp:
+    """Overwrite ``rows`` of an activation with the source cache's ``sources`` rows, at a position and slice."""
+
+    def __init__(self, rows: list[int], sources: list[int], position: torch.Tensor | None, features: slice) -> None:
+        self.rows = torch.tensor(rows)
+        self.sources = torch.tensor(sources)
+        self.position = position
+        self.features = features
+
+    def apply(self, activation: torch.Tensor, source: torch.Tensor) -> None:
+        if self.position is None:
+            activation[self.rows, :, self.features] = source[self.sources, :, self.features]
+        else:
+            activation[self.rows, self.position, self.features] = source[self.sources, self.position, self.features]
+
+
+def plan_patches(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    row_sites: Sequence[Sequence[Site]],
+    row_prompts: Sequence[int],
+    prefix: SharedPrefix,
+) -> dict[tuple[int, str], list[PatchOp]]:
+    """Group the rows' patches by (layer, site) and by identical slice, so each group is one tensor write.
+
+    Positions count from the end of the shared prefix; a patch inside the prefix changes nothing and
+    is dropped.
+    """
+    groups: dict[tuple[int, str, int | None, Any], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    for row, (sites, prompt) in enumerate(zip(row_sites, row_prompts)):
+        for s in sites:
+            rows, sources = groups[(s.layer, s.site, s.head, s.position)]
+            rows.append(row)
+            sources.append(prompt)
+    d_head = model.shape.d_head
+    plan: dict[tuple[int, str], list[PatchOp]] = defaultdict(list)
+    for (layer, site, head, position), (rows, sources) in groups.items():
+        features = slice(None) if head is None else slice(head * d_head, (head + 1) * d_head)
+        if position is None:
+            plan[(layer, site)].append(PatchOp(rows, sources, None, features))
+            continue
+        absolute = torch.full((len(rows),), position) if isinstance(position, int) else tokens.position(position)[sources]
+        keep = absolute >= prefix.length
+        if keep.any():
+            kept_rows = [r for r, k in zip(rows, keep.tolist()) if k]
+            kept_sources = [s for s, k in zip(sources, keep.tolist()) if k]
+            plan[(layer, site)].append(PatchOp(kept_rows, kept_sources, absolute[keep] - prefix.length, features))
+    return plan
+
+
+def pass_inputs(
+    model: PatchableModel, tokens: TokenizedPairs, run_input: RunInput, index: torch.Tensor, prefix: SharedPrefix
+) -> tuple[dict[str, Any], torch.Tensor | None, torch.Tensor]:
+    """What a forward pass over prompts ``index`` from the end of ``prefix`` needs: the model's keyword
+    arguments (the prefix's cached keys and values, logits kept only at the rows' last tokens), the embedding
+    noise to add (or None), and each row's index among the kept logits."""
+    device = model.device
+    start = prefix.length
+    last = tokens.lengths[index] - 1 - start
+    read_at, row_read = torch.unique(last, return_inverse=True)
+    inputs: dict[str, Any] = {
+        "input_ids": run_input.ids[index, start:].to(device),
+        "attention_mask": tokens.attention_mask[index].to(device),
+        "logits_to_keep": read_at.to(device),
+    }
+    if prefix.past is not None:
+        inputs[model.cache_argument] = prefix.past_for(index)
+    delta = None if run_input.embed_delta is None else run_input.embed_delta[index, start:].to(device)
+    return inputs, delta, row_read.to(device)
+
+
+def run(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    run_input: RunInput,
+    prompts: Sequence[int],
+    *,
+    cache_sites: Sequence[str] = (),
+    row_sites: Sequence[Sequence[Site]] | None = None,
+    cache: dict[tuple[int, str], Any] | None = None,
+    prefix: SharedPrefix = NO_PREFIX,
+    resume_at: int = 0,
+    writes: Mapping[tuple[int, str], Callable[[torch.Tensor], None]] | None = None,
+) -> tuple[torch.Tensor, dict[tuple[int, str], Any]]:
+    """One forward pass over ``prompts`` (rows may repeat a prompt) from the end of ``prefix``.
+
+    Returns the last-token logits ``[rows, vocab]`` and, for ``cache_sites``, every layer's activation
+    at the positions after the prefix. ``row_sites[r]`` lists the sites row ``r`` takes from ``cache``
+    (whose rows are prompts). ``writes[(layer, site)]`` is called with that live activation (after the
+    row sites' patches) to overwrite parts of it in place: how a circuit patches many sites per row. With
+    ``resume_at=L`` layers below L are not computed: their output is taken from ``cache[(L - 1, "out")]``,
+    the unpatched target run's.
+    """
+    writes = writes or {}
+    index = torch.as_tensor(list(prompts))
+    device = model.device
+    inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
+    plan = plan_patches(model, tokens, row_sites, prompts, prefix) if row_sites is not None else {}
+    resumed = _rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
+    saved: dict[tuple[int, str], Any] = {}
+    with model.nn.trace(inputs):
+        if delta is not None and resume_at == 0:
+            embeddings = model.envoy(model.adapter.embed).output
+            embeddings += delta.to(embeddings.dtype)
+        layers = model.envoy(model.adapter.layers)
+        for layer in range(resume_at):
+            layers[layer].skip(resumed)
+        for layer in range(resume_at, model.n_layers):
+            for site in SITE_ORDER:
+                ops = plan.get((layer, site), ())
+                write = writes.get((layer, site))
+                if site not in cache_sites and not ops and write is None:
+                    continue
+                activation = site_activation(model, site, layer)
+                if site in cache_sites:
+                    saved[(layer, site)] = _detached_copy(activation).save()
+                for op in ops:
+                    op.apply(activation, cache[(layer, site)])
+                if write is not None:
+                    write(activation)
+        logits = model.envoy(model.adapter.unembed).output
+        final = logits[torch.arange(len(index), device=device), row_read].save()
+    return final.float().cpu(), saved
+
+
+def shared_prefix(model: PatchableModel, tokens: TokenizedPairs, *runs: RunInput) -> SharedPrefix:
+    """The longest prefix on which all ``runs`` agree for every prompt, with its keys and values.
+
+    It always ends before each prompt's last token, which every run must compute.
+    """
+    differs = torch.zeros_like(tokens.clean_ids, dtype=torch.bool)
+    for run_input in runs:
+        differs |= run_input.ids != runs[0].ids
+        if run_input.embed_delta is not None:
+            differs |= run_input.embed_delta.abs().amax(dim=-1) > 0
+    differs &= tokens.attention_mask.bool()
+    first = torch.where(differs.any(dim=1), differs.float().argmax(dim=1), tokens.lengths)
+    length = int(min(first.min(), tokens.lengths.min() - 1))
+    if length == 0:
+        return NO_PREFIX
+    ids = runs[0].ids[:, :length].to(model.device)
+    output = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)  # its logits are not read
+    past = output[model.cache_argument]
+    return SharedPrefix(length, past)
+
+
+def rows_per_pass(model: PatchableModel, positions: int, seq_len: int, batch_size: int | None) -> int:
+    if batch_size is not None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise SettingsError(f"batch_size={batch_size!r} must be a positive integer (rows per forward pass).")
+        return batch_size
+    s = model.shape
+    vocab = model.hf.config.vocab_size
+    bytes_per_row = 4 * (positions * (16 * s.d_model + 3 * s.n_heads * seq_len) + 4 * vocab)
+    return max(1, int(batch_bytes(model.device) // bytes_per_row))
+
+
+def batch_bytes(device: torch.device) -> int:
+    """The activation memory one forward pass may use on ``device`` (see CPU_BATCH_BYTES)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(GPU_BATCH_SHARE * free)
+    available = _available_memory()
+    return CPU_BATCH_BYTES if available is None else min(CPU_BATCH_BYTES, available // 4)
+
+
+def _available_memory() -> int | None:
+    """The kernel's estimate of memory available without swapping (Linux), in bytes; None elsewhere."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise SettingsError(f"{name}={value!r}: choose from {list(choices)}.{did_you_mean(value, choices)}")
+
+
+def prepare_sweep(
+    model: PatchableModel,
+    pairs: Pairs,
+    component: str,
+    corruption: Corruption,
+    metric: str,
+    *,
+    positions: str | int,
+    window: int,
+    direction: str,
+    seed: int,
+    noise_scale: float,
+) -> tuple[TokenizedPairs, ComponentGrid, RunInput, RunInput]:
+    """Check a sweep's settings and build its tokens, grid, and source and target runs (for any method)."""
+    check_metric(metric)
+    check_choice("direction", direction, DIRECTIONS)
+    tokens = tokenize(model, pairs)
+    grid = make_grid(
+        component, positions, n_layers=model.n_layers, n_heads=model.n_heads, seq_len=tokens.seq_len, window=window
+    )
+    if isinstance(positions, str) and positions not in ("all", "each"):
+        tokens.position(positions)
+    clean_input = RunInput(tokens.clean_ids, None)
+    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
+    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
+    return tokens, grid, source, target
+
+
+def sweep_result(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    grid: ComponentGrid,
+    patched: RunStats,
+    clean_stats: RunStats,
+    corrupt_stats: RunStats,
+    *,
+    metric: str,
+    method: str,
+    rows_per_pass: int,
+    component: str,
+    positions: str | int,
+    corruption: Corruption,
+    direction: str,
+    window: int,
+    seed: int,
+    noise_scale: float,
+    metrics: Sequence[str] = METRICS,
+) -> PatchResult:
+    """A PatchResult holding ``metrics``' effects from patched stats ``[components, prompts]``, with the
+    settings every method records."""
+    effects = {
+        name: value.T.reshape(tokens.n, *grid.shape).numpy()
+        for name, value in raw_effects(patched, corrupt_stats).items()
+        if name in metrics
+    }
+    settings = {
+        "model": model.name,
+        "model_fingerprint": model.fingerprint(),
+        "dataset": tokens.fingerprint(),
+        "n_prompts": tokens.n,
+        "component": component,
+        "positions": positions,
+        "corruption": corruption_name(corruption),
+        "direction": direction,
+        "window": window,
+        "seed": seed,
+        "method": method,
+        "rows_per_pass": rows_per_pass,
+        "clean": _summary(clean_stats),
+        "corrupted": _summary(corrupt_stats),
+    }
+    if corruption == "gn":
+        settings["noise_scale"] = noise_scale
+    settings["version"] = __version__
+    return PatchResult(
+        metric=metric,
+        effects=effects,
+        ld_clean=clean_stats.logit_diff.numpy(),
+        ld_corrupted=corrupt_stats.logit_diff.numpy(),
+        grid=grid,
+        settings=settings,
+    )
+
+
+def _summary(stats: RunStats) -> dict[str, float]:
+    return {name: float(getattr(stats, name).mean()) for name in ("prob", "logit_diff", "kl")}
+
+
+def halve_after_out_of_memory(model: PatchableModel, tokens: TokenizedPairs, rows: int) -> int:
+    """Rows per pass after a pass of ``rows`` rows ran out of device memory; an error when it was one row."""
+    if model.device.type == "cuda":
+        torch.cuda.empty_cache()
+    if rows <= 1:
+        raise DeviceMemoryError(
+            f"The {model.device} device ran out of memory on a single patched run (one row per forward pass): "
+            f"the model {model.name!r} and prompts of {tokens.seq_len} tokens do not fit. Use a device with "
+            "more memory, shorter prompts, or a half-precision copy of the model (load it with "
+            "dtype=torch.bfloat16 and pass it to load_model), or run on device='cpu'."
+        )
+    return rows // 2

@@ -1,0 +1,133 @@
+"""Exact activation patching: every component's effect measured by its own patched run.
+
+Runs are grouped by the first layer they patch and resume there from the target run's cache, many rows
+per forward pass (``engine.run``).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import engine
+from .components import SITE_OF_KIND, ComponentGrid
+from .corruptions import Corruption, RunInput
+from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .models import PatchableModel
+from .pairs import TokenizedPairs
+from .results import PatchResult
+
+
+def exact_patch(
+    model: PatchableModel,
+    pairs: engine.Pairs,
+    component: str,
+    corruption: Corruption,
+    metric: str,
+    *,
+    positions: str | int,
+    window: int,
+    direction: str,
+    seed: int,
+    noise_scale: float,
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None,
+    only: Sequence[str] | None = None,
+) -> PatchResult:
+    """``patch(..., method="exact")``; with ``only`` (component labels), patches those components alone and
+    leaves every other effect NaN: what checking an estimate's top components costs."""
+    tokens, grid, source, target = engine.prepare_sweep(
+        model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
+        seed=seed, noise_scale=noise_scale,
+    )
+    site = SITE_OF_KIND[component]
+    all_prompts = list(range(tokens.n))
+    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    with torch.no_grad(), engine.eval_mode(model):
+        prefix = engine.shared_prefix(model, tokens, source, target)
+        source_logits, cache = engine.run(model, tokens, source, all_prompts, cache_sites=(site,), prefix=prefix)
+        target_logits, target_cache = engine.run(model, tokens, target, all_prompts, cache_sites=("out",), prefix=prefix)
+        cache.update(target_cache)
+        clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
+        reader.set_clean(clean_logits)
+        warn_if_at_chance(*reader.accuracy(clean_logits))
+        index = torch.arange(tokens.n)
+        clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
+        target_stats = corrupt_stats if direction == "denoise" else clean_stats
+        rows_per_pass = engine.rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+        cells = None if only is None else [int(np.ravel_multi_index(grid.index(label), grid.shape)) for label in only]
+        patched, rows_per_pass = patched_stats(
+            model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress, cells
+        )
+    return engine.sweep_result(
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="exact",
+        rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
+    )
+
+
+def patched_stats(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    grid: ComponentGrid,
+    target: RunInput,
+    cache: dict[tuple[int, str], Any],
+    prefix: engine.SharedPrefix,
+    reader: AnswerReader,
+    unpatched: RunStats,
+    rows_per_pass: int,
+    progress: Callable[[int, int], None] | None,
+    only_cells: Sequence[int] | None = None,
+) -> tuple[RunStats, int]:
+    """Stats of every (component, prompt) patched run, as fields shaped [components, prompts], and the
+    rows per forward pass that fit in device memory.
+
+    Runs are grouped by the first layer they patch and resume there from the target run's cache; a
+    component that lies wholly inside the shared prefix changes nothing and keeps the unpatched stats.
+    A pass that runs out of device memory is retried with half its rows, down to one row. With
+    ``only_cells`` (flat indices) the other components are not run and their stats are NaN.
+    """
+    cells = grid.cells()
+    sites = [grid.sites(cell) for cell in cells]
+    fields = ("prob", "logit_diff", "kl")
+    out = {f: getattr(unpatched, f).repeat(len(cells), 1) for f in fields}
+    inert = [all(isinstance(s.position, int) and s.position < prefix.length for s in cell) for cell in sites]
+    if only_cells is not None:
+        skipped = torch.ones(len(cells), dtype=torch.bool)
+        skipped[list(only_cells)] = False
+        for f in fields:
+            out[f][skipped] = torch.nan
+    by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
+    for c, cell_sites in enumerate(sites):
+        if not inert[c] and (only_cells is None or c in only_cells):
+            by_layer[min(s.layer for s in cell_sites)].extend((c, p) for p in range(tokens.n))
+    total = sum(len(rows) for rows in by_layer.values())
+    done = 0
+    for layer, rows in sorted(by_layer.items()):
+        begin = 0
+        while begin < len(rows):
+            chunk = rows[begin : begin + rows_per_pass]
+            prompts = [p for _, p in chunk]
+            try:
+                logits, _ = engine.run(
+                    model, tokens, target, prompts, row_sites=[sites[c] for c, _ in chunk], cache=cache,
+                    prefix=prefix, resume_at=layer,
+                )
+            except engine.OUT_OF_MEMORY:
+                logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
+            if logits is None:
+                rows_per_pass = engine.halve_after_out_of_memory(model, tokens, len(chunk))
+                continue
+            begin += len(chunk)
+            stats = reader.stats(logits, torch.tensor(prompts))
+            cell_index, prompt_index = torch.tensor([c for c, _ in chunk]), torch.tensor(prompts)
+            for f in fields:
+                out[f][cell_index, prompt_index] = getattr(stats, f)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    return RunStats(**out), rows_per_pass
