@@ -31,6 +31,32 @@ class Adapter:
     attn: str
     mlp: str
     unembed: str = "lm_head"
+    q_proj: str | None = None
+    k_proj: str | None = None
+    v_proj: str | None = None
+    qkv_layout: str = "separate"
+
+    def qkv_slice(self, which: str, head: int, n_heads: int, d_head: int) -> tuple[str, slice]:
+        """The module (relative to a layer) whose output holds head ``head``'s ``which`` ("q", "k" or "v")
+        input, and that head's feature slice of it."""
+        path = {"q": self.q_proj, "k": self.k_proj, "v": self.v_proj}[which]
+        if path is None:
+            raise UnsupportedArchitectureError(
+                f"The {self.name!r} adapter does not say where the heads' {which} inputs are: register it with "
+                "q_proj=, k_proj=, v_proj= (and qkv_layout= for a fused projection) to patch paths into them."
+            )
+        i = "qkv".index(which)
+        if self.qkv_layout == "stacked":
+            start = i * n_heads * d_head + head * d_head
+        elif self.qkv_layout == "per_head":
+            start = (3 * head + i) * d_head
+        elif self.qkv_layout == "separate":
+            start = head * d_head
+        else:
+            raise UnsupportedArchitectureError(
+                f"The {self.name!r} adapter's qkv_layout={self.qkv_layout!r} is not 'separate', 'stacked' or 'per_head'."
+            )
+        return path, slice(start, start + d_head)
 
 
 _ADAPTERS: dict[str, Adapter] = {}
@@ -85,9 +111,14 @@ def shape_of(config: Any) -> Shape:
 
 
 for _adapter in (
-    Adapter("gpt2", ("gpt2",), "transformer.h", "transformer.wte", "attn.c_proj", "attn", "mlp"),
-    Adapter("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "gpt_neox.embed_in", "attention.dense", "attention", "mlp"),
-    Adapter("llama", ("llama", "mistral", "qwen2"), "model.layers", "model.embed_tokens", "self_attn.o_proj", "self_attn", "mlp"),
-    Adapter("gpt-j", ("gptj",), "transformer.h", "transformer.wte", "attn.out_proj", "attn", "mlp"),
+    Adapter("gpt2", ("gpt2",), "transformer.h", "transformer.wte", "attn.c_proj", "attn", "mlp",
+            q_proj="attn.c_attn", k_proj="attn.c_attn", v_proj="attn.c_attn", qkv_layout="stacked"),
+    Adapter("gpt-neox", ("gpt_neox",), "gpt_neox.layers", "gpt_neox.embed_in", "attention.dense", "attention", "mlp",
+            q_proj="attention.query_key_value", k_proj="attention.query_key_value",
+            v_proj="attention.query_key_value", qkv_layout="per_head"),
+    Adapter("llama", ("llama", "mistral", "qwen2"), "model.layers", "model.embed_tokens", "self_attn.o_proj", "self_attn", "mlp",
+            q_proj="self_attn.q_proj", k_proj="self_attn.k_proj", v_proj="self_attn.v_proj"),
+    Adapter("gpt-j", ("gptj",), "transformer.h", "transformer.wte", "attn.out_proj", "attn", "mlp",
+            q_proj="attn.q_proj", k_proj="attn.k_proj", v_proj="attn.v_proj"),
 ):
     register_adapter(_adapter)

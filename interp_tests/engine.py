@@ -75,10 +75,10 @@ def site_activation(model: PatchableModel, site: str, layer: int) -> Any:
     return model.envoy(adapter.mlp, layer).output
 
 
-def _rows(value: Any, index: torch.Tensor) -> Any:
+def take_rows(value: Any, index: torch.Tensor) -> Any:
     """Rows ``index`` of a tensor, or of every tensor in a tuple (some layers return tuples)."""
     if isinstance(value, tuple):
-        return tuple(_rows(v, index) for v in value)
+        return tuple(take_rows(v, index) for v in value)
     return value[index] if isinstance(value, torch.Tensor) else value
 
 
@@ -205,7 +205,7 @@ def run(
     device = model.device
     inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     plan = plan_patches(model, tokens, row_sites, prompts, prefix) if row_sites is not None else {}
-    resumed = _rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
+    resumed = take_rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
     saved: dict[tuple[int, str], Any] = {}
     with model.nn.trace(inputs):
         if delta is not None and resume_at == 0:

@@ -271,3 +271,164 @@ def transformer_lens_effects(
         else:
             values = getattr(tl_patching, sweep)(bridge, target.to(device), source, patching_metric)
     return values.detach().double().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- naive path patching reference
+
+# Where each architecture's heads read their query, key and value (relative to a layer), and how one head's
+# slice is laid out there, written out here independently of interp_tests.adapters.
+_NAIVE_QKV = {
+    "gpt2": (("attn.c_attn",) * 3, "stacked"),
+    "gpt_neox": (("attention.query_key_value",) * 3, "per_head"),
+    "gptj": (("attn.q_proj", "attn.k_proj", "attn.v_proj"), "separate"),
+    **{t: (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "separate") for t in ("llama", "mistral", "qwen2")},
+}
+
+
+def _naive_receivers(model: Any, labels: list[str]) -> list[tuple[str, int, slice] | None]:
+    """Receiver labels -> (module path, layer, feature slice), None for "logits"."""
+    config = model.hf.config
+    n_heads, d_head = model.shape.n_heads, model.shape.d_head
+    paths, layout = _NAIVE_QKV[config.model_type]
+    out: list[tuple[str, int, slice] | None] = []
+    for label in labels:
+        if label == "logits":
+            out.append(None)
+            continue
+        parts = label.split(".")
+        layer, head = int(parts[0]), int(parts[1])
+        for which in parts[2:] or ["q", "k", "v"]:
+            i = "qkv".index(which)
+            start = {"stacked": i * n_heads * d_head + head * d_head, "per_head": (3 * head + i) * d_head,
+                     "separate": head * d_head}[layout]
+            out.append((f"{model.adapter.layers}.{layer}.{paths[i]}", layer, slice(start, start + d_head)))
+    return out
+
+
+def _single_token(tokenizer: Any, word: str) -> int:
+    ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"{word!r} is {len(ids)} tokens; naive_path_patch reads single-token answers")
+    return ids[0]
+
+
+def naive_path_patch(
+    model: Any,
+    pairs: PromptPairs,
+    receivers: list[str],
+    corruption: str = "str",
+    *,
+    seed: int = 0,
+    noise_scale: float = 3.0,
+    senders: list[tuple[int, int]] | None = None,
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Path patching done the slow, obvious way: plain forward hooks on the Hugging Face modules, one prompt
+    (unpadded) and one sender at a time, both stages as full forward passes, nothing skipped or batched.
+
+    Stage 1 runs the corrupted prompt with every head's output (the attention output projection's input) at every
+    layer set to the corrupted run's, except sender ``(layer, head)``'s slice at its layer, set to the clean
+    run's, and records each receiver's input (its slice of the q/k/v projection output; ``"logits"``: the last
+    layer's output, the final residual stream). Stage 2 runs the corrupted prompt with the receivers' inputs
+    replaced by those. Returns per-prompt raw effects ``{metric: [n, n_layers, n_heads]}`` (NaN for senders not
+    in ``senders``, default all) and per-prompt clean and corrupted logit differences. ``corruption`` is "str" or
+    "gn" (only the noise tensor comes from the library).
+    """
+    from .corruptions import corrupted_input
+
+    hf, tok = model.hf, model.tokenizer
+    n_layers, n_heads, d_head = model.n_layers, model.n_heads, model.shape.d_head
+    layers_path, head_out = model.adapter.layers, model.adapter.head_out
+    places = _naive_receivers(model, list(receivers))
+    senders = [(l, h) for l in range(n_layers) for h in range(n_heads)] if senders is None else list(senders)
+    noise = None
+    if corruption == "gn":
+        noise = corrupted_input(model, pairs.tokenize(tok), "gn", seed=seed, noise_scale=noise_scale).embed_delta
+    elif corruption != "str":
+        raise ValueError("naive_path_patch supports corruption='str' or 'gn'")
+    final_layer = hf.get_submodule(f"{layers_path}.{n_layers - 1}")
+    out = {name: np.full((len(pairs), n_layers, n_heads), np.nan) for name in ("prob", "logit_diff", "kl")}
+    ld_clean, ld_corrupted = [], []
+
+    def forward(ids: torch.Tensor, delta: torch.Tensor | None, hooks: list[Any]) -> torch.Tensor:
+        if delta is not None:
+            embed = hf.get_submodule(model.adapter.embed)
+            hooks = [*hooks, embed.register_forward_hook(lambda m, args, o: o + delta.to(o.dtype))]
+        try:
+            with torch.no_grad():
+                return hf(ids).logits[0, -1].float()
+        finally:
+            for handle in hooks:
+                handle.remove()
+
+    def head_inputs(ids: torch.Tensor, delta: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        stored: list[torch.Tensor] = [torch.empty(0)] * n_layers
+        hooks = [
+            hf.get_submodule(f"{layers_path}.{layer}.{head_out}").register_forward_pre_hook(
+                lambda m, args, layer=layer: stored.__setitem__(layer, args[0].clone()))
+            for layer in range(n_layers)
+        ]
+        return forward(ids, delta, hooks), stored
+
+    was_training = hf.training
+    hf.eval()
+    try:
+        for i in range(len(pairs)):
+            clean_ids = torch.tensor([tok(pairs.clean[i])["input_ids"]])
+            if noise is None:
+                corrupt_ids, delta = torch.tensor([tok(pairs.corrupted[i])["input_ids"]]), None
+            else:
+                corrupt_ids, delta = clean_ids, noise[i : i + 1, : clean_ids.shape[1]]
+            answer, wrong = (_single_token(tok, word) for word in (pairs.answer[i], pairs.wrong[i]))
+            clean_logits, clean_heads = head_inputs(clean_ids, None)
+            corrupt_logits, corrupt_heads = head_inputs(corrupt_ids, delta)
+            clean_lp = torch.log_softmax(clean_logits, -1)
+
+            def stats(logits: torch.Tensor) -> tuple[float, float, float]:
+                lp = torch.log_softmax(logits, -1)
+                return (lp[answer].exp().item(), (logits[answer] - logits[wrong]).item(),
+                        (clean_lp.exp() * (clean_lp - lp)).sum().item())
+
+            p_c, ld_c, kl_c = stats(corrupt_logits)
+            ld_clean.append(stats(clean_logits)[1])
+            ld_corrupted.append(ld_c)
+            for sender_layer, sender_head in senders:
+                # Stage 1: every head frozen at the corrupted run's output, the sender's set to the clean run's.
+                def freeze(m, args, layer):
+                    value = corrupt_heads[layer].clone()
+                    if layer == sender_layer:
+                        s = slice(sender_head * d_head, (sender_head + 1) * d_head)
+                        value[..., s] = clean_heads[layer][..., s]
+                    return (value, *args[1:])
+
+                recorded: list[torch.Tensor] = [torch.empty(0)] * len(places)
+                hooks = [hf.get_submodule(f"{layers_path}.{layer}.{head_out}").register_forward_pre_hook(
+                    lambda m, args, layer=layer: freeze(m, args, layer)) for layer in range(n_layers)]
+                for r, place in enumerate(places):
+                    module = final_layer if place is None else hf.get_submodule(place[0])
+                    features = slice(None) if place is None else place[2]
+
+                    def record(m, args, o, r=r, features=features):
+                        hidden = o[0] if isinstance(o, tuple) else o
+                        recorded[r] = hidden[..., features].clone()
+
+                    hooks.append(module.register_forward_hook(record))
+                forward(corrupt_ids, delta, hooks)
+                # Stage 2: the corrupted run with only the receivers' inputs replaced.
+                hooks = []
+                for r, place in enumerate(places):
+                    module = final_layer if place is None else hf.get_submodule(place[0])
+                    features = slice(None) if place is None else place[2]
+
+                    def replace(m, args, o, r=r, features=features):
+                        hidden = (o[0] if isinstance(o, tuple) else o).clone()
+                        hidden[..., features] = recorded[r]
+                        return (hidden, *o[1:]) if isinstance(o, tuple) else hidden
+
+                    hooks.append(module.register_forward_hook(replace))
+                p, ld, kl = stats(forward(corrupt_ids, delta, hooks))
+                out["prob"][i, sender_layer, sender_head] = p - p_c
+                out["logit_diff"][i, sender_layer, sender_head] = ld - ld_c
+                out["kl"][i, sender_layer, sender_head] = kl_c - kl
+    finally:
+        hf.train(was_training)
+    return out, np.array(ld_clean), np.array(ld_corrupted)
