@@ -453,7 +453,7 @@ def completeness(
             break
         current = max(scored, key=lambda r: abs(r[2] - r[3]))[1]
     return Completeness(
-        "completeness", circuit, rows, gap=full - empty, n_runs=runs.runs,
+        circuit, rows, gap=full - empty, n_runs=runs.runs,
         settings=runs.settings(circuit=str(circuit), universe=str(universe_c), corruption=corruption_name(corruption)),
     )
 
@@ -493,7 +493,7 @@ def minimality(
     n = len(pairs_to_run)
     rows = [(label, k, float(values[i].mean()), float(values[n + i].mean())) for i, (label, k) in enumerate(pairs_to_run)]
     return Minimality(
-        "minimality", circuit, rows, gap=full - empty, n_runs=runs.runs,
+        circuit, rows, gap=full - empty, n_runs=runs.runs,
         settings=runs.settings(circuit=str(circuit), universe=str(runs.universe), corruption=corruption_name(corruption)),
     )
 

@@ -207,9 +207,10 @@ class SubsetScores:
     """A search over subsets K of a circuit (completeness or minimality): each candidate K with the two mean
     metrics compared and their difference, normalised by the full-vs-empty gap ``|F(M) - F(empty)|``."""
 
+    KIND = ""  # "completeness" or "minimality"
+
     def __init__(
         self,
-        kind: str,
         circuit: Circuit,
         rows: list[tuple[str, Circuit, float, float]],
         *,
@@ -217,18 +218,38 @@ class SubsetScores:
         n_runs: int,
         settings: dict[str, Any],
     ) -> None:
-        self.kind = kind  # "completeness" or "minimality"
         self.circuit = circuit
         self.rows = rows  # (what the row is for: a search step or a node, K, first metric, second metric)
         self.gap = gap
         self.n_runs = n_runs
         self.settings = dict(settings)
 
+    def to_bytes(self) -> bytes:
+        rows = [[label, k.labels, a, b] for label, k, a, b in self.rows]
+        data = {
+            "format_version": FORMAT_VERSION, "kind": self.KIND, "circuit": self.circuit.labels,
+            "groups": {k: v.labels for k, v in self.circuit.groups.items()}, "rows": rows, "gap": self.gap,
+            "n_runs": self.n_runs, "settings": self.settings,
+        }
+        return json.dumps(data).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> SubsetScores:
+        try:
+            meta = json.loads(data)
+            rows = [(label, Circuit(k), float(a), float(b)) for label, k, a, b in meta["rows"]]
+            circuit = Circuit(meta["circuit"], groups=meta["groups"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise ResultFileError(f"{source} is not a readable {cls.__name__} result ({error}). Recompute it.") from None
+        if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != cls.KIND:
+            raise ResultFileError(f"{source} is not a {cls.__name__} result of format {FORMAT_VERSION}. Recompute it.")
+        return cls(circuit, rows, gap=meta["gap"], n_runs=meta["n_runs"], settings=meta["settings"])
+
     def normalised(self, row: tuple[str, Circuit, float, float]) -> float:
         return abs(row[2] - row[3]) / abs(self.gap)
 
     def table(self, k: int = 10) -> str:
-        first, second = ("F(C\\K)", "F(M\\K)") if self.kind == "completeness" else ("F(C\\K)", "F(C\\(K+v))")
+        first, second = ("F(C\\K)", "F(M\\K)") if self.KIND == "completeness" else ("F(C\\K)", "F(C\\(K+v))")
         lines = [f"  {'for':<14} {first:>10} {second:>12} {'|diff|/gap':>11}  K"]
         for row in sorted(self.rows, key=self.normalised, reverse=True)[:k]:
             lines.append(f"  {row[0]:<14} {row[2]:>10.4f} {row[3]:>12.4f} {self.normalised(row):>11.3f}  {row[1]}")
@@ -238,6 +259,8 @@ class SubsetScores:
 class Completeness(SubsetScores, CompletenessClaims):
     """Wang et al. (2023, section 4): incompleteness ``|F(C\\K) - F(M\\K)|`` over the searched subsets K of C.
     A complete circuit loses as much as the whole model when any part K is knocked out of both."""
+
+    KIND = "completeness"
 
     @property
     def worst(self) -> tuple[str, Circuit, float, float]:
@@ -260,6 +283,8 @@ class Completeness(SubsetScores, CompletenessClaims):
 class Minimality(SubsetScores, MinimalityClaims):
     """Wang et al. (2023, section 4): for each node v, the subset K of C\\{v} where removing v too changes the
     faithfulness metric most, ``|F(C\\(K+v)) - F(C\\K)|``. Every node of a minimal circuit matters somewhere."""
+
+    KIND = "minimality"
 
     def by_node(self) -> dict[str, tuple[Circuit, float]]:
         best: dict[str, tuple[Circuit, float]] = {}

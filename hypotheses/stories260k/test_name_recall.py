@@ -44,8 +44,7 @@ def test_head_2_6_is_the_name_recall_head(model, pairs):
     assert result.detected() == ["2.6"]
 
 
-def test_three_heads_restore_and_carry_name_recall(model, pairs):
-    circuit = it.Circuit(["2.6", "4.0", "4.4"])
-    it.circuit_patch(model, pairs, circuit, test="sufficiency").assert_score(at_least=0.9)  # measured 0.967
-    it.circuit_patch(model, pairs, circuit, test="necessity").assert_score(at_least=0.9)  # measured 0.967
-    it.circuit_patch(model, pairs, circuit, test="faithfulness").assert_score(at_least=0.85)  # measured 0.891
+@pytest.mark.parametrize(("test", "at_least"), [("sufficiency", 0.9), ("necessity", 0.9), ("faithfulness", 0.85)])
+def test_three_heads_restore_and_carry_name_recall(interp_circuit, model, pairs, test, at_least):
+    result = interp_circuit(["2.6", "4.0", "4.4"], model, pairs, test=test)
+    result.assert_score(at_least=at_least)  # measured 0.967, 0.967 and 0.891

@@ -16,9 +16,9 @@ import hashlib
 import io
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 try:
     import fcntl
@@ -26,9 +26,6 @@ except ImportError:  # Windows has no flock; atomic replaces still keep every en
     fcntl = None
 
 from ..files import atomic_write
-
-if TYPE_CHECKING:
-    from ..results import PatchResult
 
 ENTRY_FORMAT = 1
 GITIGNORE = "# Created by interp-tests: cached patching sweeps, safe to delete.\n*\n"
@@ -72,8 +69,12 @@ class SweepCache:
                 if fcntl is not None:
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def read(self, key: str, settings: Mapping[str, Any]) -> tuple[PatchResult | None, str | None]:
-        """The cached result, or None and why an existing entry was rejected (None when there is none)."""
+    def read(
+        self, key: str, settings: Mapping[str, Any], load: Callable[[bytes], Any] | None = None
+    ) -> tuple[Any, str | None]:
+        """The cached result, or None and why an existing entry was rejected (None when there is none).
+
+        ``load`` turns the payload into the result (default: a sweep's ``PatchResult``)."""
         from ..errors import InterpError
         from ..results import PatchResult
 
@@ -98,11 +99,12 @@ class SweepCache:
         if header.get("size") != len(payload) or header.get("sha256") != hashlib.sha256(payload).hexdigest():
             return None, "its checksum does not match (truncated or modified)"
         try:
-            return PatchResult.load(io.BytesIO(payload)), None
+            return (PatchResult.load(io.BytesIO(payload)) if load is None else load(payload)), None
         except InterpError as error:
             return None, f"its result is unreadable ({error})"
 
-    def write(self, key: str, settings: Mapping[str, Any], result: PatchResult) -> None:
+    def write(self, key: str, settings: Mapping[str, Any], result: Any) -> None:
+        """Store ``result`` (anything with ``to_bytes()``: a sweep, a circuit score, a subset search)."""
         self._prepare()
         payload = result.to_bytes()
         header = {

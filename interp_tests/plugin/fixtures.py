@@ -12,6 +12,7 @@ imports torch until a fixture is used, so the plugin costs nothing to suites tha
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import warnings
@@ -34,6 +35,7 @@ from ..specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
     from ..attribution import AttributionComparison
+    from ..circuit_results import CircuitResult, Completeness, Minimality
     from ..corruptions import Corruption
     from ..models import PatchableModel
     from ..pairs import PromptPairs, TokenizedPairs
@@ -111,6 +113,7 @@ class InterpSession:
         self._sweeps: dict[str, PatchResult] = {}
         self._distributions: dict[str, OffDistribution] = {}
         self._verifications: dict[tuple[str, int], AttributionComparison] = {}
+        self._results: dict[str, Any] = {}  # circuit scores, subset searches, path patching, by cache key
 
     def model(self, spec: str | None, *, base_dir: Path | None = None) -> PatchableModel:
         """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable."""
@@ -239,6 +242,154 @@ class InterpSession:
         result.settings["model"] = model.name
         if verify_top is not None:
             result = self._verified(model, tokens, result, key, verify_top, verify_tolerance, batch_size, record)
+        return result
+
+    def _cached(
+        self, settings: dict[str, Any], compute: Callable[[], Any], load: Callable[[bytes], Any], record: ItemRecord
+    ) -> Any:
+        """A circuit score, subset search or path-patching sweep through the in-session memo and the disk cache
+        (as ``sweep`` serves sweeps), keyed by ``settings``; notes in ``record`` where it came from."""
+        from .cache import SweepCache, sweep_key
+
+        key = sweep_key(settings)
+        if key in self._results:
+            status = "reused"
+        elif not self.options.cache:
+            self._results[key], status = compute(), "computed"
+        else:
+            cache = SweepCache(self.options.cache_dir)
+            with cache.locked(key):
+                cached, problem = cache.read(key, settings, load)
+                if cached is None:
+                    cached, status = compute(), "computed"
+                    cache.write(key, settings, cached)
+                    if problem:
+                        record.notes.append(f"cache entry {cache.entry_path(key)} was rejected ({problem}) and recomputed")
+                else:
+                    status = "cached"
+            self._results[key] = cached
+        record.sweeps.append(status)
+        return self._results[key]
+
+    def _key_settings(self, model: PatchableModel, tokens: TokenizedPairs, kind: str, **settings: Any) -> dict[str, Any]:
+        from .. import __version__
+
+        if self.options.seed is not None and "seed" in settings:
+            settings["seed"] = self.options.seed
+        return {
+            "version": __version__, "kind": kind, "model_fingerprint": model.fingerprint(),
+            "dataset": tokens.fingerprint(), "device": model.device.type, **settings,
+        }
+
+    def circuit(
+        self,
+        model: PatchableModel,
+        pairs: Pairs,
+        record: ItemRecord,
+        nodes: Sequence[str],
+        *,
+        test: str = "sufficiency",
+        ablation: str = "resample",
+        metric: str = "logit_diff",
+        corruption: str = "str",
+        universe: Sequence[str] | None = None,
+        groups: dict[str, Sequence[str]] | None = None,
+        seed: int = 0,
+        noise_scale: float | None = None,
+        batch_size: int | None = None,
+    ) -> CircuitResult:
+        """``circuit_patch()`` through the memo and the disk cache."""
+        from .. import engine
+        from ..circuit_patching import circuit_patch
+        from ..circuit_results import CircuitResult
+        from ..circuits import Circuit
+        from ..corruptions import DEFAULT_NOISE_SCALE
+
+        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        tokens = engine.tokenize(model, pairs)
+        circuit = Circuit(nodes, groups=groups)
+        settings = self._key_settings(
+            model, tokens, "circuit", circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
+            test=test, ablation=ablation, metric=metric, corruption=corruption,
+            universe=None if universe is None else Circuit(universe).labels, seed=seed, noise_scale=noise_scale,
+        )
+
+        def compute() -> CircuitResult:
+            return circuit_patch(
+                model, tokens, circuit, test=test, ablation=ablation, metric=metric, corruption=corruption,
+                universe=universe, seed=settings["seed"], noise_scale=noise_scale, batch_size=batch_size,
+            )
+
+        result = self._cached(settings, compute, CircuitResult.from_bytes, record)
+        result.settings["model"] = model.name
+        return result
+
+    def subsets(
+        self,
+        search: str,
+        model: PatchableModel,
+        pairs: Pairs,
+        record: ItemRecord,
+        nodes: Sequence[str],
+        *,
+        groups: dict[str, Sequence[str]] | None = None,
+        **settings: Any,
+    ) -> Completeness | Minimality:
+        """``completeness()`` or ``minimality()`` (``search``) through the memo and the disk cache."""
+        from .. import circuit_patching, engine
+        from ..circuit_results import Completeness, Minimality
+        from ..circuits import Circuit
+
+        tokens = engine.tokenize(model, pairs)
+        circuit = Circuit(nodes, groups=groups)
+        batch_size = settings.pop("batch_size", None)
+        key = self._key_settings(
+            model, tokens, search, circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
+            **{"seed": 0, **settings},
+        )
+        settings["seed"] = key["seed"]
+        function = getattr(circuit_patching, search)
+        result_type = Completeness if search == "completeness" else Minimality
+
+        def compute() -> Any:
+            return function(model, tokens, circuit, batch_size=batch_size, **settings)
+
+        return self._cached(key, compute, result_type.from_bytes, record)
+
+    def path(
+        self,
+        model: PatchableModel,
+        pairs: Pairs,
+        record: ItemRecord,
+        receivers: Sequence[str],
+        *,
+        corruption: str = "str",
+        metric: str = "logit_diff",
+        seed: int = 0,
+        noise_scale: float | None = None,
+        batch_size: int | None = None,
+    ) -> PatchResult:
+        """``path_patch()`` (every head a sender) through the memo and the disk cache."""
+        from .. import engine
+        from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..paths import path_patch
+        from ..results import PatchResult
+
+        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        tokens = engine.tokenize(model, pairs)
+        settings = self._key_settings(
+            model, tokens, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale
+        )
+
+        def compute() -> PatchResult:
+            return path_patch(
+                model, tokens, receivers, corruption=corruption, metric=metric, seed=settings["seed"],
+                noise_scale=noise_scale, batch_size=batch_size,
+            )
+
+        result = self._cached(settings, compute, lambda data: PatchResult.load(io.BytesIO(data)), record)
+        result = result.with_metric(metric)
+        result.settings["model"] = model.name
         return result
 
     def _verified(
@@ -596,3 +747,97 @@ def interp_grid(request: pytest.FixtureRequest) -> Callable[..., Grid]:
         return result
 
     return grid
+
+
+class CircuitFixture:
+    """What ``interp_circuit`` gives a test: circuit scores and subset searches through the result cache."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+        self._session = session_of(request.config)
+        self._record = record_of(request.node)
+
+    def _model_and_pairs(self, model: ModelArg, pairs: Pairs | None) -> tuple[PatchableModel, Pairs]:
+        chosen = _model_for(self._request, model)
+        if pairs is None:
+            pairs = self._session.pairs(_marker_task(self._request, "interp_circuit"), chosen)
+        return chosen, pairs
+
+    def __call__(
+        self,
+        nodes: Sequence[str],
+        model: ModelArg = None,
+        pairs: Pairs | None = None,
+        *,
+        test: str = "sufficiency",
+        ablation: str = "resample",
+        metric: str = "logit_diff",
+        corruption: str = "str",
+        universe: Sequence[str] | None = None,
+        groups: dict[str, Sequence[str]] | None = None,
+        seed: int = 0,
+        noise_scale: float | None = None,
+        batch_size: int | None = None,
+    ) -> CircuitResult:
+        """``circuit_patch()`` of ``nodes`` on the test's model and pairs (by default its markers'), cached."""
+        chosen, pairs = self._model_and_pairs(model, pairs)
+        return self._session.circuit(
+            chosen, pairs, self._record, nodes, test=test, ablation=ablation, metric=metric, corruption=corruption,
+            universe=universe, groups=groups, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+        )
+
+    def completeness(
+        self, nodes: Sequence[str], model: ModelArg = None, pairs: Pairs | None = None, **settings: Any
+    ) -> Completeness:
+        """``circuit_patching.completeness()`` (settings: groups, ablation, metric, corruption, universe,
+        samples, greedy_steps, seed, noise_scale, batch_size), cached."""
+        chosen, pairs = self._model_and_pairs(model, pairs)
+        return self._session.subsets("completeness", chosen, pairs, self._record, nodes, **settings)
+
+    def minimality(
+        self, nodes: Sequence[str], model: ModelArg = None, pairs: Pairs | None = None, **settings: Any
+    ) -> Minimality:
+        """``circuit_patching.minimality()`` (settings: groups, ablation, metric, corruption, universe, samples,
+        seed, noise_scale, batch_size), cached."""
+        chosen, pairs = self._model_and_pairs(model, pairs)
+        return self._session.subsets("minimality", chosen, pairs, self._record, nodes, **settings)
+
+
+@pytest.fixture
+def interp_circuit(request: pytest.FixtureRequest) -> CircuitFixture:
+    """``interp_circuit(nodes, model=None, pairs=None, *, test="sufficiency", ablation="resample",
+    metric="logit_diff", corruption="str", universe=None, groups=None, seed=0, ...) -> CircuitResult``, and
+    ``interp_circuit.completeness(nodes, ...)`` / ``.minimality(nodes, ...)``: circuit claims on the test's
+    model and pairs (by default its markers'), through the result cache like ``interp_sweep``'s sweeps.
+    Claim with ``result.assert_score(at_least=0.8)``, ``assert_complete(...)``, ``assert_minimal(...)``."""
+    return CircuitFixture(request)
+
+
+@pytest.fixture
+def interp_path(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
+    """``path(receivers, model=None, pairs=None, *, corruption="str", metric="logit_diff", seed=0,
+    noise_scale=None, batch_size=None) -> PatchResult``: path patching from every head through ``receivers``
+    (``"9.9.q"``, ``"9.9"``, ``"logits"``), cached; claim on it as on a sweep (``assert_detected`` ...)."""
+    session = session_of(request.config)
+    record = record_of(request.node)
+
+    def path(
+        receivers: Sequence[str],
+        model: ModelArg = None,
+        pairs: Pairs | None = None,
+        *,
+        corruption: str = "str",
+        metric: str = "logit_diff",
+        seed: int = 0,
+        noise_scale: float | None = None,
+        batch_size: int | None = None,
+    ) -> PatchResult:
+        chosen = _model_for(request, model)
+        if pairs is None:
+            pairs = session.pairs(_marker_task(request, "interp_path"), chosen)
+        return session.path(
+            chosen, pairs, record, receivers, corruption=corruption, metric=metric, seed=seed,
+            noise_scale=noise_scale, batch_size=batch_size,
+        )
+
+    return path
