@@ -6,9 +6,9 @@ what each node carries, the worst subset, the settings) when it does not.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .claims import ClaimError, record_claim
+from .claims import ClaimError, match_baseline, record_claim
 from .errors import SettingsError
 
 if TYPE_CHECKING:
@@ -41,6 +41,15 @@ class CircuitClaims:
             settings=self.settings,
             details={"score": self.score, "interval": self.interval, "contributions": self.contributions},
         )
+
+
+    def assert_matches_baseline(
+        self: CircuitResult, where: Any, atol: float = 0.01, *, name: str | None = None, update: bool | None = None
+    ) -> None:
+        """The score and every node's contribution are within ``atol`` of a stored baseline; ``where`` is the
+        test's pytest ``request`` or a baseline ``.json`` path, as for ``PatchResult.assert_matches_baseline``."""
+        __tracebackhide__ = True
+        match_baseline(self, where, atol, name=name, update=update)
 
 
 class CompletenessClaims:

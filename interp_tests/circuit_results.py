@@ -86,6 +86,10 @@ class CircuitResult(CircuitClaims):
             for label, values in self.without.items()
         }
 
+    def baseline_values(self) -> dict[str, float]:
+        """What a regression baseline stores: the score and what each node contributes to it."""
+        return {"score": self.score, **{f"contribution {label}": value for label, value in self.contributions.items()}}
+
     @property
     def faithfulness_ratio(self) -> float:
         """Wang et al.'s F(C) / F(M): the patched run's mean metric over the clean run's."""

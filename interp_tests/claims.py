@@ -38,6 +38,7 @@ from .files import atomic_write
 from .signs import signed
 
 if TYPE_CHECKING:
+    from .circuit_results import CircuitResult
     from .results import PatchResult
     from .robustness import Grid
 
@@ -451,10 +452,18 @@ class Claims:
         the path of a baseline ``.json`` file (``update=True`` rewrites it).
         """
         __tracebackhide__ = True
-        if hasattr(where, "node") and hasattr(where, "config"):  # the pytest layer's fixture knows the session
-            where.getfixturevalue("interp_baseline")(self, name=name, atol=atol, update=update)
-        else:
-            check_baseline(self, Path(where), atol=atol, update=bool(update))
+        match_baseline(self, where, atol, name=name, update=update)
+
+
+def match_baseline(
+    result: PatchResult | CircuitResult, where: Any, atol: float, *, name: str | None, update: bool | None
+) -> None:
+    """``assert_matches_baseline`` of any result: ``where`` is a pytest ``request`` or a baseline file path."""
+    __tracebackhide__ = True
+    if hasattr(where, "node") and hasattr(where, "config"):  # the pytest layer's fixture knows the session
+        where.getfixturevalue("interp_baseline")(result, name=name, atol=atol, update=update)
+    else:
+        check_baseline(result, Path(where), atol=atol, update=bool(update))
 
 
 def _warn_probability_blind_spot(result: PatchResult, labels: list[str], sign: str) -> None:
@@ -478,7 +487,10 @@ def _difference(a: PatchResult, b: PatchResult) -> str:
 BASELINE_DIR = "__baselines__"
 DECIMALS = 6
 # Settings that say what the numbers mean: effects recorded under other values cannot be compared.
-IDENTITY = ("component", "positions", "corruption", "metric", "direction", "window", "noise_scale")
+IDENTITY = (
+    "component", "positions", "corruption", "metric", "direction", "window", "noise_scale",
+    "circuit", "test", "ablation", "universe", "receivers",
+)
 # Settings that depend on the machine, not the numbers: kept out of baselines so they do not churn in review.
 MACHINE_ONLY = ("rows_per_pass",)
 UPDATE_HINT = "run pytest with --interp-update-baselines"
@@ -503,9 +515,10 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def snapshot(result: PatchResult) -> dict[str, Any]:
-    """Settings and ``{label: mean effect}`` in grid order; NaN effects are written as null."""
-    effects = {label: _rounded(float(value)) for label, value in zip(result.labels, result.mean.reshape(-1))}
+def snapshot(result: PatchResult | CircuitResult) -> dict[str, Any]:
+    """Settings and the result's ``baseline_values()`` (a sweep's ``{label: mean effect}`` in grid order, a
+    circuit's score and per-node contributions); NaN values are written as null."""
+    effects = {label: _rounded(float(value)) for label, value in result.baseline_values().items()}
     settings = {key: value for key, value in result.settings.items() if key not in MACHINE_ONLY}
     return {"settings": _rounded(json.loads(json.dumps(settings, default=str))), "effects": effects}
 
@@ -541,7 +554,7 @@ def _move(base: float | None, now: float | None) -> float:
     return abs(now - base)
 
 
-def check_baseline(result: PatchResult, path: Path, *, atol: float = 0.01, update: bool = False) -> str:
+def check_baseline(result: PatchResult | CircuitResult, path: Path, *, atol: float = 0.01, update: bool = False) -> str:
     """Compare the result's effects with the baseline at ``path`` (or rewrite it when ``update``).
 
     Returns ``"matched"``, ``"written"`` or ``"unchanged"``; raises ``ClaimError`` on a missing baseline,

@@ -76,6 +76,10 @@ class PatchResult(Claims):
     def shape(self) -> tuple[int, ...]:
         return self.grid.shape
 
+    def baseline_values(self) -> dict[str, float]:
+        """What a regression baseline stores: every component's mean effect, in grid order."""
+        return dict(zip(self.labels, self.mean.reshape(-1).tolist()))
+
     @property
     def labels(self) -> list[str]:
         """Component labels in the flattened order of ``mean``."""

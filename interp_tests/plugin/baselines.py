@@ -19,13 +19,15 @@ from ..errors import SettingsError
 from .fixtures import record_of, session_of
 
 if TYPE_CHECKING:
+    from ..circuit_results import CircuitResult
     from ..results import PatchResult
 
 _USED = pytest.StashKey[set]()
 
 
 def check_for_request(
-    result: PatchResult, request: Any, *, name: str | None = None, atol: float = 0.01, update: bool | None = None
+    result: PatchResult | CircuitResult, request: Any, *, name: str | None = None, atol: float = 0.01,
+    update: bool | None = None,
 ) -> str:
     """``check_baseline`` for a pytest test: the baseline sits next to the test file, named after the test.
 
@@ -55,7 +57,9 @@ def interp_baseline(request: pytest.FixtureRequest) -> Callable[..., str]:
     """
     record_of(request.node)
 
-    def check(result: PatchResult, name: str | None = None, atol: float = 0.01, *, update: bool | None = None) -> str:
+    def check(
+        result: PatchResult | CircuitResult, name: str | None = None, atol: float = 0.01, *, update: bool | None = None
+    ) -> str:
         __tracebackhide__ = True
         return check_for_request(result, request, name=name, atol=atol, update=update)
 

@@ -102,7 +102,9 @@ if TYPE_CHECKING:
     from ..robustness import Grid
 
 TOP_KEYS = ("model", "task", "claims")
-CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "expect")
+CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "expect")
+# What a claim measures: at most one of these blocks (none: a sweep with the defaults).
+MEASURES = ("sweep", "circuit", "path")
 TASK_FILE_KEYS = ("file", "n")
 CHECK_KEYS = ("detected", "not_detected", "negative", "top_k", "peak", "baseline", "stable", "agree_with", "robust")
 MINIMUMS = ("min_spearman", "min_kendall", "min_jaccard")
@@ -114,6 +116,9 @@ APPLIES_TO = {
     "at_least": ("robust",),
 }
 EXPECT_KEYS = (*CHECK_KEYS, "sd", *APPLIES_TO)
+# The checks of a `circuit:` claim, and the sweep checks a `path:` claim cannot make (it has no grid or twin).
+CIRCUIT_CHECKS = ("score", "complete", "minimal", "baseline")
+NOT_FOR_PATHS = ("robust", "agree_with", *MINIMUMS, "at_least")
 WINDOWED_KINDS = ("mlp", "attn")
 EXAMPLE = "model: organism\ntask: {name: ioi, n: 64}\nclaims:\n  - name: ...\n    expect: {detected: ['9.9']}"
 
@@ -213,6 +218,9 @@ class Expectation:
     min_jaccard: float | None = None
     robust: list[str] = field(default_factory=list)
     at_least: int | None = None
+    score: dict[str, float] | None = None
+    complete: dict[str, Any] | None = None
+    minimal: dict[str, Any] | None = None
     lines: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -237,6 +245,8 @@ class Claim:
     robust: dict[str, Any]
     robust_line: int
     expect: Expectation
+    circuit: dict[str, Any] | None = None
+    path: dict[str, Any] | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -310,6 +320,36 @@ ROBUST_TYPES: FieldTypes = {
     "corrupt_tokens": (lambda v: v is None or _is_names(v), "a non-empty list of the task's corrupt options (e.g. [S2, ABC])"),
 }
 SWEEP_KEYS = tuple(SWEEP_TYPES)
+CIRCUIT_TYPES: FieldTypes = {
+    "nodes": (_is_names, 'a non-empty list of node labels (e.g. ["9.9", "mlp.3@S2"])'),
+    "test": (_is_str, "sufficiency, necessity or faithfulness"),
+    "ablation": (_is_str, "resample, mean or zero"),
+    "metric": (_is_str, "a metric name: logit_diff, prob or kl"),
+    "corruption": (_is_str, "a corruption name: str or gn"),
+    "universe": (_is_names, "a non-empty list of node labels: what faithfulness ablates outside the circuit"),
+    "groups": (lambda v: isinstance(v, dict) and all(_is_str(k) and _is_names(g) for k, g in v.items()),
+               'a mapping of group names to lists of the circuit\'s nodes (e.g. {movers: ["9.9", "9.6"]})'),
+    "seed": (_is_int, "an integer (e.g. seed: 0)"),
+    "noise_scale": (lambda v: _is_number(v) and v > 0, "a positive number (e.g. noise_scale: 3.0)"),
+    "batch_size": (lambda v: v is None or _is_positive_int(v), "a positive integer, or null to size batches by memory"),
+}
+PATH_TYPES: FieldTypes = {
+    "receivers": (_is_names, 'a non-empty list of receiver inputs (e.g. ["9.9.q", "logits"])'),
+    **{key: SWEEP_TYPES[key] for key in ("corruption", "metric", "seed", "noise_scale", "batch_size")},
+}
+SCORE_TYPES: FieldTypes = {
+    "at_least": (_is_number, "a number (e.g. at_least: 0.8)"),
+    "at_most": (_is_number, "a number (e.g. at_most: 0.1)"),
+}
+COMPLETE_TYPES: FieldTypes = {
+    "max_incompleteness": (_is_non_negative, "a number >= 0, a share of the full-vs-empty gap (e.g. 0.1)"),
+    "samples": (lambda v: _is_int(v) and v >= 0, "a number of random subsets >= 0 (e.g. samples: 20)"),
+    "greedy_steps": (lambda v: _is_int(v) and v >= 0, "a number of greedy steps >= 0 (e.g. greedy_steps: 3)"),
+}
+MINIMAL_TYPES: FieldTypes = {
+    "min_effect": (_is_non_negative, "a number >= 0, a share of the full-vs-empty gap (e.g. 0.01)"),
+    "samples": (lambda v: _is_int(v) and v >= 0, "a number of random subsets >= 0 (e.g. samples: 5)"),
+}
 ATTRIBUTION_KEYS = ("grad_drop", "verify_top", "verify_tolerance")
 # What each qualifying key of `expect` must be.
 EXPECT_TYPES: FieldTypes = {
@@ -433,6 +473,23 @@ class _Checker:
             self.settings(value, where, SWEEP_TYPES)
         return {k: v for k, v in value.items() if k in SWEEP_KEYS} if clean[0] else None
 
+    def block(self, value: Any, line: int, where: str, types: FieldTypes, required: str, example: str) -> dict[str, Any] | None:
+        """A `circuit:` or `path:` block: known keys, checked values, the required one present."""
+        if not self.mapping(value, line, where, example):
+            return None
+        labels = [key for key in ("nodes", "universe", "receivers") if key in types]
+        with self.counting() as clean:
+            self.keys(value, where, tuple(types), (required,))
+            for key, (accepts, expected) in types.items():
+                if key in labels and key in value and isinstance(value[key], list):
+                    self.labels(value, key, where)  # says which item is wrong, and how
+                else:
+                    self.field(value, key, where, accepts, expected)
+        if not clean[0]:
+            return None
+        return {k: (list(v) if isinstance(v, list) else {n: list(g) for n, g in v.items()} if isinstance(v, dict) else v)
+                for k, v in value.items()}
+
     def robust(self, value: Any, line: int, where: str) -> dict[str, Any] | None:
         value = _Map(line) if value is None else value
         if not self.mapping(value, line, where, "{corruptions: [str, gn], metrics: [logit_diff, prob]}"):
@@ -441,12 +498,53 @@ class _Checker:
             self.settings(value, where, ROBUST_TYPES)
         return {k: list(v) if isinstance(v, list) else v for k, v in value.items()} if clean[0] else None
 
-    def expect(self, value: Any, line: int, where: str) -> Expectation | None:
+    def circuit_expect(self, value: Any, line: int, where: str) -> Expectation | None:
+        """The checks of a circuit claim: score, complete, minimal and baseline."""
+        if not self.mapping(value, line, where, "{score: {at_least: 0.8}}"):
+            return None
+        fields: dict[str, Any] = {"lines": dict(value.lines)}
+        with self.counting() as clean:
+            self.keys(value, where, CIRCUIT_CHECKS)
+            if not any(key in value for key in CIRCUIT_CHECKS):
+                self.problem(value.line, f"{where} checks nothing: give at least one of {', '.join(CIRCUIT_CHECKS)}.")
+            for key, types, example in (
+                ("score", SCORE_TYPES, "{at_least: 0.8}"),
+                ("complete", COMPLETE_TYPES, "{max_incompleteness: 0.1}"),
+                ("minimal", MINIMAL_TYPES, "{min_effect: 0.01}"),
+            ):
+                if key not in value:
+                    continue
+                what = f"`{key}` in {where}"
+                entry = _Map(value.lines[key]) if value[key] is None else value[key]
+                if self.mapping(entry, value.lines[key], what, example):
+                    self.settings(entry, what, types)
+                    if key == "score" and not entry:
+                        self.problem(value.lines[key], f"{what} needs at_least and/or at_most (e.g. {example}).")
+                    fields[key] = dict(entry)
+            if "baseline" in value:
+                fields["baseline"] = self._baseline(value["baseline"], value.lines["baseline"], f"`baseline` in {where}")
+        return Expectation(**fields) if clean[0] else None
+
+    def expect(self, value: Any, line: int, where: str, *, path: bool = False) -> Expectation | None:
         if not self.mapping(value, line, where, "{detected: ['9.9'], sd: 2}"):
             return None
         fields: dict[str, Any] = {"lines": dict(value.lines)}
         with self.counting() as clean:
-            self.keys(value, where, EXPECT_KEYS)
+            for key in CIRCUIT_CHECKS[:3]:
+                if key in value:
+                    self.problem(
+                        value.lines[key],
+                        f"`{key}` in {where} checks a circuit: give the claim a `circuit:` block (nodes, test, ...), "
+                        "or check the sweep's components with detected, top_k, ...",
+                    )
+            for key in NOT_FOR_PATHS if path else ():
+                if key in value:
+                    self.problem(
+                        value.lines[key],
+                        f"`{key}` in {where} needs a robustness grid or a second sweep, which a path-patching claim "
+                        "does not have: use detected, not_detected, negative, top_k, peak, stable or baseline.",
+                    )
+            self.keys(value, where, [*EXPECT_KEYS, *CIRCUIT_CHECKS[:3]])
             if not any(key in value for key in CHECK_KEYS) and all(key in EXPECT_KEYS for key in value):
                 self.problem(value.line, f"{where} checks nothing: give at least one of {', '.join(CHECK_KEYS)}.")
             for key in ("detected", "not_detected", "negative", "stable", "robust"):
@@ -581,11 +679,28 @@ def _claim(
         elif check.claim:
             seen[check.claim] = item.lines["name"]
         check.field(item, "model", where, _is_str, "a name or path such as organism")
-        task, sweep, robust, expect = top_task, {}, {}, None
+        task, sweep, robust, expect, circuit, path = top_task, {}, {}, None, None, None
         if "task" in item:
             task = check.task(item["task"], item.lines["task"], f"`task` of {where}")
+        given = [key for key in MEASURES if key in item]
+        if len(given) > 1:
+            check.problem(
+                item.lines[given[1]],
+                f"{where} gives both `{given[0]}` and `{given[1]}`: a claim measures one thing. Split it into two claims.",
+            )
+        if "robust" in item and ("circuit" in item or "path" in item):
+            check.problem(item.lines["robust"], f"`robust` of {where} is a grid of sweeps; it does not apply to circuit or path claims.")
         if "sweep" in item:
             sweep = check.sweep(item["sweep"], item.lines["sweep"], f"`sweep` of {where}")
+        if "circuit" in item:
+            circuit = check.block(
+                item["circuit"], item.lines["circuit"], f"`circuit` of {where}", CIRCUIT_TYPES, "nodes",
+                '{nodes: ["9.9", "9.6"], test: sufficiency}',
+            )
+        if "path" in item:
+            path = check.block(
+                item["path"], item.lines["path"], f"`path` of {where}", PATH_TYPES, "receivers", '{receivers: ["9.9.q"]}'
+            )
         if "robust" in item:
             robust = check.robust(item["robust"], item.lines["robust"], f"`robust` of {where}")
             if not (isinstance(item.get("expect"), _Map) and "robust" in item["expect"]):
@@ -595,18 +710,24 @@ def _claim(
                     "Add one (e.g. robust: [\"9.9\"], at_least: 4) or remove this key.",
                 )
         if "expect" in item:
-            expect = check.expect(item["expect"], item.lines["expect"], f"`expect` of {where}")
+            if "circuit" in item:
+                expect = check.circuit_expect(item["expect"], item.lines["expect"], f"`expect` of {where}")
+            else:
+                expect = check.expect(item["expect"], item.lines["expect"], f"`expect` of {where}", path="path" in item)
     for key in ("model", "task"):
         if key not in item and key not in top:
             without[key].append(check.claim or where)
     model = item.get("model", top.get("model"))
     if not clean[0] or task is None or sweep is None or robust is None or expect is None or not _is_str(model):
         return None
+    if ("circuit" in item and circuit is None) or ("path" in item and path is None):
+        return None
     return Claim(
         name=name, line=line, model=model, model_line=item.lines.get("model", top.lines.get("model", line)),
         task=task, task_line=item.lines.get("task", top.lines.get("task", line)),
-        sweep=sweep, sweep_line=item.lines.get("sweep", line),
+        sweep=sweep, sweep_line=next((item.lines[key] for key in MEASURES if key in item), line),
         robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
+        circuit=circuit, path=path,
     )
 
 
@@ -710,9 +831,16 @@ class ClaimItem(pytest.Item):
         def sweep(**settings: Any) -> PatchResult:
             return session.sweep(model, pairs, record, **settings)
 
+        if claim.circuit is not None:
+            self._run_circuit_claim(model, pairs, record, name)
+            return
         result = grid = None
         context = []
-        if claim.expect.needs_sweep:
+        if claim.path is not None:
+            with _blame(self._where(claim.sweep_line)):
+                result = session.path(model, pairs, record, **claim.path)
+            session.write_report(result, name, record)
+        elif claim.expect.needs_sweep:
             with _blame(self._where(claim.sweep_line)):
                 result = sweep(**claim.sweep)
                 if result.grid.window > 1 and result.grid.kind in WINDOWED_KINDS:
@@ -733,6 +861,45 @@ class ClaimItem(pytest.Item):
                     failures.append((where, error))
         if failures:
             raise ClaimFailures(failures, context)
+
+    def _run_circuit_claim(self, model: Any, pairs: Any, record: ItemRecord, name: str) -> None:
+        """A `circuit:` claim: its score (cached), then each check of `expect` in order."""
+        session, claim, e = session_of(self.config), self.claim, self.claim.expect
+        settings = dict(claim.circuit)
+        nodes, groups = settings.pop("nodes"), settings.pop("groups", None)
+        with _blame(self._where(claim.sweep_line)):
+            result = session.circuit(model, pairs, record, nodes, groups=groups, **settings)
+        search = {k: v for k, v in settings.items() if k != "test"}
+        checks: list[tuple[str, Callable[[], Any]]] = []
+        if e.score is not None:
+            checks.append(("score", lambda: result.assert_score(**e.score)))
+        if e.complete is not None:
+            complete = dict(e.complete)
+            limit = complete.pop("max_incompleteness", 0.1)
+            checks.append(("complete", lambda: session.subsets(
+                "completeness", model, pairs, record, nodes, groups=groups, **search, **complete
+            ).assert_complete(limit)))
+        if e.minimal is not None:
+            minimal = dict(e.minimal)
+            limit_min = minimal.pop("min_effect", 0.01)
+            checks.append(("minimal", lambda: session.subsets(
+                "minimality", model, pairs, record, nodes, groups=groups, **search, **minimal
+            ).assert_minimal(limit_min)))
+        if e.baseline is not None:
+            baseline_name, atol = e.baseline
+            path = baseline_path(self.path, baseline_name or claim.name)
+            update = session.options.update_baselines
+            checks.append(("baseline", lambda: check_baseline(result, path, atol=atol, update=update)))
+        failures = []
+        for key, check in checks:
+            where = self._where(e.lines[key])
+            with _blame(where):
+                try:
+                    check()
+                except AssertionError as error:
+                    failures.append((where, error))
+        if failures:
+            raise ClaimFailures(failures)
 
     def _window_context(self, windowed: PatchResult, single: PatchResult, record: ItemRecord) -> str:
         """The sliding window next to the summed single-layer effects (Zhang & Nanda 2024, section 5)."""
