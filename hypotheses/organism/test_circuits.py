@@ -20,7 +20,7 @@ def test_head_0_3_alone_is_the_ioi_s2_circuit(interp_circuit, test):
 @pytest.mark.interp_task("ioi", n=64, seed=0, corrupt="S1_IO")
 def test_heads_0_2_and_1_2_together_restore_most_of_ioi_s1_io(interp_circuit):
     result = interp_circuit(["0.2", "1.2"], test="sufficiency")
-    result.assert_score(at_least=0.8)  # measured 0.870 [0.843, 0.893]
+    result.assert_score(at_least=0.8)  # measured 0.870 [0.846, 0.894]
     assert min(result.contributions.values()) > 0.1, result  # both heads carry part of it
 
 

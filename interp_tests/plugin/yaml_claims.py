@@ -68,6 +68,33 @@ Schema::
           at_least: 4            # (default: all of them; a setting whose metric cannot be computed
                                  # counts as not detected)
 
+A claim measures one of: a ``sweep`` (the default), a ``circuit`` or a ``path``::
+
+      - name: heads 0.2 and 1.2 restore 80%
+        circuit:             # circuit_patch() settings, defaults shown; nodes is required
+          nodes: ["0.2", "1.2"]  # "L.H", "mlp.L", "attn.L", "resid.L", with "@P" for one position
+          test: sufficiency      # sufficiency | necessity | faithfulness
+          ablation: resample     # resample | mean | zero
+          metric: logit_diff
+          corruption: str
+          universe: null         # what faithfulness ablates outside the circuit (default: every node
+                                 # of the circuit's kinds)
+          groups: {}             # named subsets of the nodes (completeness searches each)
+          seed: 0
+          noise_scale: 3.0
+          batch_size: null
+        expect:              # at least one of score, complete, minimal, baseline
+          score: {at_least: 0.8}             # and/or at_most
+          complete: {max_incompleteness: 0.1, samples: 20, greedy_steps: 3}
+          minimal: {min_effect: 0.01, samples: 5}
+          baseline: {name: ..., atol: 0.01}  # the score and each node's contribution
+      - name: head 0.2 acts through 1.2's values
+        path:                # path_patch() from every head; receivers is required
+          receivers: ["1.2.v"]   # "L.H.q" | "L.H.k" | "L.H.v" | "L.H" | "logits"
+          corruption: str
+          metric: logit_diff
+        expect: {detected: ["0.2"]}   # the sweep checks but robust and agree_with
+
 A Gaussian-noise sweep (``corruption: gn``, in ``sweep`` or ``robust``) that pushes the residual stream
 off its clean distribution warns with the layers and norms (Zhang & Nanda 2024, section 3.2). A sweep
 with ``window`` > 1 over mlp or attn also runs the single-layer sweep and reports its summed effects next
