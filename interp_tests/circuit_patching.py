@@ -35,7 +35,7 @@ from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_in
 from .errors import ComponentError, PromptError, SettingsError
 from .metrics import AnswerReader, RunStats, check_metric, warn_if_at_chance
 from .models import PatchableModel
-from .pairs import PromptPairs
+from .pairs import PromptPairs, TokenizedPairs
 from .engine import (
     NO_PREFIX,
     OUT_OF_MEMORY,
@@ -69,7 +69,7 @@ class Masks:
     """Which activations a run overwrites: per (layer, site), a boolean ``[prompts, positions, width]`` over the
     positions after the shared prefix."""
 
-    def __init__(self, model: PatchableModel, tokens: Any, prefix: SharedPrefix) -> None:
+    def __init__(self, model: PatchableModel, tokens: TokenizedPairs, prefix: SharedPrefix) -> None:
         self.model, self.tokens, self.prefix = model, tokens, prefix
         self.by_site: dict[Site, torch.Tensor] = {}
 
@@ -114,7 +114,7 @@ def _check_universe(circuit: Circuit, universe: Circuit) -> None:
 
 
 def _mean_ablation(
-    model: PatchableModel, tokens: Any, reference: Any, sites: set[Site]
+    model: PatchableModel, tokens: TokenizedPairs, reference: TokenizedPairs, sites: set[Site]
 ) -> dict[Site, torch.Tensor]:
     """Per-position means ``[positions, width]`` of each site over the reference prompts that reach a position."""
     ids = reference.require_corrupted()
@@ -138,11 +138,11 @@ def _mean_ablation(
 
 def _ablated_values(
     model: PatchableModel,
-    tokens: Any,
+    tokens: TokenizedPairs,
     ablation: str,
     sites: set[Site],
     corrupt_cache: dict[Any, Any],
-    reference: Any,
+    reference: TokenizedPairs,
 ) -> dict[Site, torch.Tensor]:
     """Each site's ablated activation ``[prompts, positions, width]`` (positions after the prefix)."""
     if ablation == "resample":
@@ -155,7 +155,7 @@ def _ablated_values(
 
 def masked_stats(
     model: PatchableModel,
-    tokens: Any,
+    tokens: TokenizedPairs,
     target: RunInput,
     target_cache: dict[Any, Any],
     prefix: SharedPrefix,
@@ -190,7 +190,7 @@ def masked_stats(
 
 def _masked_pass(
     model: PatchableModel,
-    tokens: Any,
+    tokens: TokenizedPairs,
     target: RunInput,
     target_cache: dict[Any, Any],
     prefix: SharedPrefix,
