@@ -878,9 +878,13 @@ class ClaimItem(pytest.Item):
             with _blame(self._where(claim.robust_line)):
                 grid = session.grid(model, claim.task, record, **claim.robust, sd=claim.expect.sd, **settings)
             session.write_grid_report(grid, name, record)
+        self._run_checks(_checks(claim, result, grid, sweep, self.path, session.options.update_baselines), context)
+
+    def _run_checks(self, checks: list[tuple[str, Callable[[], Any]]], context: Sequence[str] = ()) -> None:
+        """Run every check, each blamed on the line of its key in `expect`; raise all failures together."""
         failures = []
-        for key, check in _checks(claim, result, grid, sweep, self.path, session.options.update_baselines):
-            where = self._where(claim.expect.lines[key])
+        for key, check in checks:
+            where = self._where(self.claim.expect.lines[key])
             with _blame(where):
                 try:
                     check()
@@ -917,16 +921,7 @@ class ClaimItem(pytest.Item):
             path = baseline_path(self.path, baseline_name or claim.name)
             update = session.options.update_baselines
             checks.append(("baseline", lambda: check_baseline(result, path, atol=atol, update=update)))
-        failures = []
-        for key, check in checks:
-            where = self._where(e.lines[key])
-            with _blame(where):
-                try:
-                    check()
-                except AssertionError as error:
-                    failures.append((where, error))
-        if failures:
-            raise ClaimFailures(failures)
+        self._run_checks(checks)
 
     def _window_context(self, windowed: PatchResult, single: PatchResult, record: ItemRecord) -> str:
         """The sliding window next to the summed single-layer effects (Zhang & Nanda 2024, section 5)."""
