@@ -118,7 +118,8 @@ CASES = [
     # The other adapters: every (test x ablation) on the mixed circuit (every site kind), logit_diff, and a few
     # combinations of the heads-and-MLP circuit under the other metrics.
     pytest.param(arch, "mixed", test, ablation, "logit_diff", id=f"{arch}-mixed-{test}-{ablation}-logit_diff")
-    for arch in ("gpt_neox", "mistral", "qwen2", "gptj") for test in TESTS for ablation in ABLATIONS
+    for arch in ("gpt_neox", "mistral", "qwen2", "gptj", "qwen3", "gemma2", "gemma3_text", "gemma3", "olmo2", "phi3")
+    for test in TESTS for ablation in ABLATIONS
 ] + [
     pytest.param(arch, circuit, test, ablation, metric, id=f"{arch}-{circuit}-{test}-{ablation}-{metric}")
     for arch, circuit, test, ablation, metric in (
