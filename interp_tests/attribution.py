@@ -60,6 +60,7 @@ from .models import PatchableModel
 from .engine import (
     SharedPrefix,
     eval_mode,
+    final_logits,
     pass_inputs,
     prepare_sweep,
     rows_per_pass,
@@ -111,8 +112,7 @@ def _grad_run(
             for site in SITE_ORDER:
                 if site in sites:
                     activations[(layer, site)] = site_activation(model, site, layer).save()
-        logits = model.envoy(model.adapter.unembed).output
-        final = logits[torch.arange(len(index), device=model.device), row_read].save()
+        final = final_logits(model, row_read).save()
     return final, dict(activations)
 
 
@@ -193,7 +193,7 @@ def attribution_patch(
             "grad_drop=True averages over the other layers' gradients, and this model has one layer: use "
             "grad_drop=False."
         )
-    n, vocab = tokens.n, model.hf.config.vocab_size
+    n, vocab = tokens.n, model.shape.vocab_size
     reader = AnswerReader(tokens, vocab)
     reader.clean_logprobs = torch.zeros(n, vocab)  # filled chunk by chunk, as set_clean would
     estimates: list[torch.Tensor] = []

@@ -265,7 +265,7 @@ class CircuitRuns:
         self.corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
         self.sites = _node_sites(circuit) | (_node_sites(self.universe) if uses_universe else set())
         site_names = tuple(sorted({s for _, s in self.sites}))
-        self.reader = AnswerReader(tokens, model.hf.config.vocab_size)
+        self.reader = AnswerReader(tokens, model.shape.vocab_size)
         everyone = list(range(tokens.n))
         self.runs = 2 * tokens.n  # forward passes of one prompt each: clean and corrupted, then every patched one
         with torch.no_grad(), eval_mode(model):

@@ -75,6 +75,16 @@ def site_activation(model: PatchableModel, site: str, layer: int) -> Any:
     return model.envoy(adapter.mlp, layer).output
 
 
+def final_logits(model: PatchableModel, row_read: torch.Tensor) -> Any:
+    """Inside a trace: each row's last-token logits ``[rows, vocab]``, as the model returns them.
+
+    Read from the model's output rather than the unembedding module, so that whatever the model does
+    after it (Gemma 2's ``final_logit_softcapping``) is in every metric and every gradient.
+    """
+    logits = model.nn.output.logits
+    return logits[torch.arange(len(row_read), device=row_read.device), row_read]
+
+
 def take_rows(value: Any, index: torch.Tensor) -> Any:
     """Rows ``index`` of a tensor, or of every tensor in a tuple (some layers return tuples)."""
     if isinstance(value, tuple):
@@ -227,8 +237,7 @@ def run(
                     op.apply(activation, cache[(layer, site)])
                 if write is not None:
                     write(activation)
-        logits = model.envoy(model.adapter.unembed).output
-        final = logits[torch.arange(len(index), device=device), row_read].save()
+        final = final_logits(model, row_read).save()
     return final.float().cpu(), saved
 
 
@@ -259,7 +268,7 @@ def rows_per_pass(model: PatchableModel, positions: int, seq_len: int, batch_siz
             raise SettingsError(f"batch_size={batch_size!r} must be a positive integer (rows per forward pass).")
         return batch_size
     s = model.shape
-    vocab = model.hf.config.vocab_size
+    vocab = s.vocab_size
     bytes_per_row = 4 * (positions * (16 * s.d_model + 3 * s.n_heads * seq_len) + 4 * vocab)
     return max(1, int(batch_bytes(model.device) // bytes_per_row))
 

@@ -45,7 +45,7 @@ def evaluate(
     ``corruption=None`` skips the corrupted run; STR is skipped when the pairs have no corrupted prompts.
     """
     tokens = tokenize(model, pairs)
-    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    reader = AnswerReader(tokens, model.shape.vocab_size)
     prompts = list(range(tokens.n))
     index = torch.arange(tokens.n)
     with torch.no_grad(), eval_mode(model):

@@ -46,7 +46,7 @@ def exact_patch(
     )
     site = SITE_OF_KIND[component]
     all_prompts = list(range(tokens.n))
-    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    reader = AnswerReader(tokens, model.shape.vocab_size)
     with torch.no_grad(), engine.eval_mode(model):
         prefix = engine.shared_prefix(model, tokens, source, target)
         source_logits, cache = engine.run(model, tokens, source, all_prompts, cache_sites=(site,), prefix=prefix)

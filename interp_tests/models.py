@@ -33,7 +33,7 @@ class PatchableModel:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         self.name = name
         self.adapter: Adapter = adapter_for(hf_model.config)
-        self.shape: Shape = shape_of(hf_model.config)
+        self.shape: Shape = shape_of(self.adapter.language_config(hf_model.config))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self.nn = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")

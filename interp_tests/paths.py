@@ -43,6 +43,7 @@ from .engine import (
     Pairs,
     SharedPrefix,
     eval_mode,
+    final_logits,
     halve_after_out_of_memory,
     pass_inputs,
     prepare_sweep,
@@ -79,11 +80,6 @@ def _valid_labels(model: PatchableModel) -> list[str]:
     return [LOGITS, *heads, *(f"{h}.{i}" for h in heads for i in INPUTS)]
 
 
-def _kv_heads(model: PatchableModel) -> int:
-    n_kv = getattr(model.hf.config, "num_key_value_heads", None)
-    return n_kv if isinstance(n_kv, int) and n_kv > 0 else model.n_heads
-
-
 def parse_receivers(model: PatchableModel, receivers: str | Sequence[str]) -> list[Receiver]:
     """Receiver labels -> receivers, in order and without repeats: ``"L.H.q"``/``".k"``/``".v"``, ``"L.H"`` (all three
     inputs) and ``"logits"``. Unknown labels raise ComponentError; a key or value receiver that several query heads
@@ -112,7 +108,7 @@ def parse_receivers(model: PatchableModel, receivers: str | Sequence[str]) -> li
 
 
 def _check_not_shared(model: PatchableModel, label: str, layer: int, head: int, which: str, *, whole: bool) -> None:
-    n_kv = _kv_heads(model)
+    n_kv = model.shape.n_kv_heads
     if which == "q" or n_kv == model.n_heads:
         return
     group = model.n_heads // n_kv
@@ -129,10 +125,10 @@ def _check_not_shared(model: PatchableModel, label: str, layer: int, head: int, 
 
 def _accesses(model: PatchableModel, receivers: Sequence[Receiver]) -> dict[int, list[tuple[str, list[tuple[Receiver, slice]]]]]:
     """Head receivers by layer, then by module in forward order (q, k, v projection), with each one's slice."""
-    adapter, n_heads, d_head = model.adapter, model.n_heads, model.shape.d_head
+    adapter, shape = model.adapter, model.shape
     by_layer: dict[int, dict[str, list[tuple[Receiver, slice]]]] = defaultdict(dict)
     for receiver in sorted((r for r in receivers if r.input != LOGITS), key=lambda r: (r.layer, INPUTS.index(r.input), r.head)):
-        path, features = adapter.qkv_slice(receiver.input, receiver.head, n_heads, d_head)
+        path, features = adapter.qkv_slice(receiver.input, receiver.head, shape.n_heads, shape.n_kv_heads, shape.d_head)
         by_layer[receiver.layer].setdefault(path, []).append((receiver, features))
     return {layer: list(modules.items()) for layer, modules in sorted(by_layer.items())}
 
@@ -186,7 +182,7 @@ def path_patch(
         seed=seed, noise_scale=noise_scale,
     )
     all_prompts = list(range(tokens.n))
-    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    reader = AnswerReader(tokens, model.shape.vocab_size)
     with torch.no_grad(), eval_mode(model):
         prefix = shared_prefix(model, tokens, source, target)
         clean_logits, clean_cache = run(model, tokens, source, all_prompts, cache_sites=("head",), prefix=prefix)
@@ -331,8 +327,7 @@ def _stage_one(
             heads = model.envoy(adapter.head_out, current).input
             heads[:] = sent if current == layer else target_cache[(current, "head")][index]
         if has_logits:
-            logits = model.envoy(adapter.unembed).output
-            final = logits[torch.arange(len(index), device=device), row_read].save()
+            final = final_logits(model, row_read).save()
         else:
             tracer.stop()  # nothing after the last receiver's layer is read
     return (None if final is None else final.float().cpu()), saved
@@ -367,8 +362,7 @@ def _stage_two(
                 projected = model.envoy(path, current).output
                 for receiver, features in receivers:
                     projected[:, :, features] = values[receiver]
-        logits = model.envoy(adapter.unembed).output
-        final = logits[torch.arange(len(index), device=device), row_read].save()
+        final = final_logits(model, row_read).save()
     return final.float().cpu()
 
 

@@ -276,12 +276,16 @@ def transformer_lens_effects(
 # --------------------------------------------------------------------------- naive path patching reference
 
 # Where each architecture's heads read their query, key and value (relative to a layer), and how one head's
-# slice is laid out there, written out here independently of interp_tests.adapters.
+# slice is laid out there, written out here independently of interp_tests.adapters. OLMo 2 normalises all heads'
+# queries (keys) together, so a head's own query is a slice of q_norm's output, not q_proj's.
 _NAIVE_QKV = {
     "gpt2": (("attn.c_attn",) * 3, "stacked"),
     "gpt_neox": (("attention.query_key_value",) * 3, "per_head"),
     "gptj": (("attn.q_proj", "attn.k_proj", "attn.v_proj"), "separate"),
-    **{t: (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "separate") for t in ("llama", "mistral", "qwen2")},
+    "phi3": (("self_attn.qkv_proj",) * 3, "stacked"),
+    "olmo2": (("self_attn.q_norm", "self_attn.k_norm", "self_attn.v_proj"), "separate"),
+    **{t: (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "separate")
+       for t in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3")},
 }
 
 

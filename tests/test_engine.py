@@ -8,6 +8,12 @@ import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3Config,
+    Gemma3ForCausalLM,
+    Gemma3ForConditionalGeneration,
+    Gemma3TextConfig,
     GPT2Config,
     GPT2LMHeadModel,
     GPTJConfig,
@@ -19,8 +25,15 @@ from transformers import (
     MistralConfig,
     MistralForCausalLM,
     PreTrainedTokenizerFast,
+    Olmo2Config,
+    Olmo2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
+    SiglipVisionConfig,
 )
 
 import interp_tests as it
@@ -40,6 +53,41 @@ def word_tokenizer(**special: str) -> PreTrainedTokenizerFast:
 
 
 V = len(WORDS)
+# The newer families' tiny configs: 3 layers, 4 query heads, special tokens inside the 19-word vocabulary. head_dim 16
+# (not hidden_size / heads = 8) as in Qwen 3 and Gemma, so a head's slice is not a slice of a d_model-wide tensor.
+SMALL = dict(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64, vocab_size=V,
+             max_position_embeddings=32, initializer_range=0.3, pad_token_id=0, bos_token_id=0, eos_token_id=0)
+# A sliding window of 4 tokens, shorter than the 6-token shared prefix of PADDED: the prefix cache of a sliding
+# layer then holds only the window's last keys.
+SLIDING = dict(sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+SOFTCAP = 5.0
+
+
+def gemma2() -> Gemma2ForCausalLM:
+    """A Gemma 2 whose caps matter: lm_head scaled 6x (untied) makes raw logits exceed final_logit_softcapping=5, and
+    attention scores (query_pre_attn_scalar=1) exceed attn_logit_softcapping=1."""
+    config = Gemma2Config(**SMALL, num_key_value_heads=2, head_dim=16, **SLIDING, final_logit_softcapping=SOFTCAP,
+                          attn_logit_softcapping=1.0, query_pre_attn_scalar=1, tie_word_embeddings=False)
+    model = Gemma2ForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(6.0)
+    return model
+
+
+def gemma3_text_config() -> Gemma3TextConfig:
+    return Gemma3TextConfig(**SMALL, num_key_value_heads=1, head_dim=16, **SLIDING)
+
+
+def gemma3_multimodal() -> Gemma3ForConditionalGeneration:
+    """The multimodal checkpoint's class (its language model under model.language_model), with a one-layer vision
+    tower that text-only prompts never run; the image tokens' ids lie outside the prompts' vocabulary."""
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=16, patch_size=8)
+    config = Gemma3Config(text_config=gemma3_text_config(), vision_config=vision, mm_tokens_per_image=4,
+                          image_token_index=V + 2, boi_token_index=V + 1, eoi_token_index=V + 3)
+    return Gemma3ForConditionalGeneration(config)
+
+
 ARCHITECTURES = {
     "gpt2": lambda: GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=V, n_positions=32, initializer_range=0.3)),
     "gpt_neox": lambda: GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=64, vocab_size=V, max_position_embeddings=32, initializer_range=0.3)),
@@ -47,7 +95,15 @@ ARCHITECTURES = {
     "mistral": lambda: MistralForCausalLM(MistralConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=64, vocab_size=V, max_position_embeddings=32, initializer_range=0.3)),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32, intermediate_size=64, vocab_size=V, max_position_embeddings=32, initializer_range=0.3)),
     "gptj": lambda: GPTJForCausalLM(GPTJConfig(n_layer=3, n_head=4, n_embd=32, vocab_size=V, n_positions=32, rotary_dim=4, initializer_range=0.3)),
+    "qwen3": lambda: Qwen3ForCausalLM(Qwen3Config(**SMALL, num_key_value_heads=2, head_dim=16)),
+    "gemma2": gemma2,
+    "gemma3_text": lambda: Gemma3ForCausalLM(gemma3_text_config()),
+    "gemma3": gemma3_multimodal,
+    "olmo2": lambda: Olmo2ForCausalLM(Olmo2Config(**SMALL, num_key_value_heads=4)),
+    "phi3": lambda: Phi3ForCausalLM(Phi3Config(**SMALL, num_key_value_heads=4)),
 }
+# Architectures whose query heads share key/value heads (grouped-query attention).
+GQA = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "gemma3"}
 
 
 def build(arch: str) -> it.PatchableModel:
@@ -241,18 +297,77 @@ def assert_matches_reference(result, reference, atol=1e-5, all_zero=False):
 @pytest.mark.parametrize("kind", KINDS)
 def test_every_adapter_and_kind_matches_reference(arch, kind):
     model = build(arch)
+    assert model.hf.config.model_type == arch
     result = it.patch(model, PAIRS, kind)
     assert result.shape == ((3, 4) if kind == "attn_head" else (3,))
     assert_matches_reference(result, reference_sweep(model, PAIRS, kind))
 
 
+def _clean_logit_differences(model: it.PatchableModel, pairs: it.PromptPairs) -> tuple[np.ndarray, np.ndarray]:
+    """Each clean prompt's logit difference from the model's own output logits, and from lm_head's output."""
+    tok, raw = model.tokenizer, []
+    handle = model.hf.lm_head.register_forward_hook(lambda m, args, out: raw.append(out[0, -1]))
+    capped = []
+    try:
+        with torch.no_grad():
+            for prompt, a, w in zip(pairs.clean, pairs.answer, pairs.wrong):
+                logits = model.hf(torch.tensor([tok(prompt)["input_ids"]])).logits[0, -1]
+                a, w = tok.convert_tokens_to_ids(a), tok.convert_tokens_to_ids(w)
+                capped.append((logits[a] - logits[w]).item())
+                raw[-1] = (raw[-1][a] - raw[-1][w]).item()
+    finally:
+        handle.remove()
+    return np.array(capped), np.array(raw)
+
+
+def test_softcapped_logits_are_the_ones_the_model_outputs():
+    """Gemma 2 soft-caps its logits after lm_head: every method's metrics must use the capped logits, which here
+    differ from lm_head's by more than the cap itself."""
+    model = build("gemma2")
+    capped, raw = _clean_logit_differences(model, PAIRS)
+    assert np.abs(capped).max() < 2 * SOFTCAP < np.abs(raw).max()
+    assert np.abs(capped - raw).max() > SOFTCAP
+    np.testing.assert_allclose(it.patch(model, PAIRS, "attn_head").ld_clean, capped, atol=1e-5)
+    np.testing.assert_allclose(it.patch(model, PAIRS, "mlp", method="attribution").ld_clean, capped, atol=1e-5)
+    np.testing.assert_allclose(it.path_patch(model, PAIRS, ["2.1.q"]).ld_clean, capped, atol=1e-5)
+    assert it.evaluate(model, PAIRS, corruption=None).clean_logit_diff == pytest.approx(capped.mean(), abs=1e-5)
+
+
+def test_attention_softcapping_is_active_in_the_tiny_gemma2():
+    """The reference comparison of every kind above runs through attn_logit_softcapping only if the cap changes the
+    model's output: removing it must move the logits."""
+    model = build("gemma2")
+    ids = torch.tensor([model.tokenizer(PAIRS.clean[0])["input_ids"]])
+    attention = [m for m in model.hf.modules() if hasattr(m, "attn_logit_softcapping")]
+    assert len(attention) == 3 and all(m.attn_logit_softcapping == 1.0 for m in attention)
+    with torch.no_grad():
+        with_cap = model.hf(ids).logits
+        for m in attention:
+            m.attn_logit_softcapping = None
+        without = model.hf(ids).logits
+    assert (with_cap - without).abs().max() > 0.1
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "gemma3"])
+def test_shared_prefix_cache_of_sliding_window_layers_holds_only_the_window(arch):
+    """PADDED's 6-token shared prefix is longer than the 4-token sliding window: the prefix cache keeps fewer keys in
+    sliding layers than in full-attention ones, so the padded-batch tests below exercise a truncated cache."""
+    model = build(arch)
+    tokens = PADDED.tokenize(model.tokenizer)
+    with torch.no_grad():
+        prefix = shared_prefix(model, tokens, RunInput(tokens.clean_ids, None), corrupted_input(model, tokens, "str", seed=0))
+    kept = [layer.keys.shape[-2] for layer in prefix.past.layers]
+    assert prefix.length == 6 and kept[1] == 6 and kept[0] == kept[2] < 6
+
+
 @pytest.mark.parametrize("corruption", ["str", "gn"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "gemma2", "gemma3"])
 def test_fast_paths_match_reference_on_a_padded_batch(arch, kind, direction, corruption):
     """Shared-prefix keys and values, resuming at the first patched layer, last-token logits, right padding and
-    passes of 5 rows (mixing prompts, and heads) give the naive sweep's numbers, for either corruption."""
+    passes of 5 rows (mixing prompts, and heads) give the naive sweep's numbers, for either corruption; on Gemma 2
+    and the multimodal Gemma 3 also with sliding-window layers whose prefix cache holds only the window."""
     model = build(arch)
     assert PADDED.tokenize(model.tokenizer).lengths.tolist() == [11, 14, 19]
     assert shared_prefix_length(model, PADDED, corruption) == 6

@@ -87,3 +87,22 @@ def test_llama2c_checkpoint_loads_and_sweeps():
     assert evaluation.clean_logit_diff > 5 > 2 > evaluation.corrupted_logit_diff
     result = it.patch(model, pairs, "attn_head")
     assert result.shape == (5, 8) and np.isfinite(result.mean).all()
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({"qkv_layout": "fused"}, "qkv_layout='fused' is not one of"),
+    ({"q_proj": "attn.q"}, "only some of q_proj, k_proj, v_proj"),
+    ({"model_types": ()}, "non-empty tuple"),
+])
+def test_a_malformed_adapter_row_is_refused_when_declared(fields, message):
+    row = {"name": "bad", "model_types": ("bad",), "layers": "h", "embed": "wte", "head_out": "attn.c_proj",
+           "attn": "attn", "mlp": "mlp", **fields}
+    with pytest.raises(UnsupportedArchitectureError, match=message):
+        it.Adapter(**row)
+
+
+def test_a_multimodal_adapter_needs_the_text_config_it_names():
+    adapter = it.Adapter("mm", ("mm",), "model.language_model.layers", "model.language_model.embed_tokens",
+                         "self_attn.o_proj", "self_attn", "mlp", text_config="text_config")
+    with pytest.raises(UnsupportedArchitectureError, match=r"config\.text_config"):
+        adapter.language_config(build("gpt2").hf.config)
