@@ -74,7 +74,9 @@ class AnswerReader:
         if not torch.isfinite(logits).all():
             raise MetricError(
                 "The model produced NaN or inf logits, so no patching effect can be trusted. Check the weights "
-                "(e.g. an overflow in half precision: load the model in float32) and the inputs."
+                "and the dtype: an overflow in half precision, or a float64 model whose attention takes its softmax "
+                "in float32 (Gemma 2 does: the padding mask becomes -inf and NaN spreads), runs correctly in "
+                "float32; and check the inputs."
             )
         logprobs = torch.log_softmax(logits, dim=-1)
         good, bad = self.good[prompts], self.bad[prompts]
