@@ -27,6 +27,11 @@ _LAZY = {
     "ClaimError": "claims",
     "grid": "robustness",
     "Circuit": "circuits",
+    "Edge": "circuits",
+    "edge_attribution": "edge_scoring",
+    "exact_edge_scores": "edge_scoring",
+    "faithfulness_curve": "edge_scoring",
+    "EdgeScores": "edge_results",
     "circuit_patch": "circuit_patching",
     "CircuitResult": "circuit_results",
     "Grid": "robustness",
@@ -40,7 +45,9 @@ if TYPE_CHECKING:
     from .adapters import Adapter, register_adapter
     from .circuit_patching import circuit_patch
     from .circuit_results import CircuitResult
-    from .circuits import Circuit
+    from .circuits import Circuit, Edge
+    from .edge_scoring import edge_attribution, exact_edge_scores, faithfulness_curve
+    from .edge_results import EdgeScores
     from .claims import ClaimError
     from .errors import InterpError, InterpWarning
     from .evaluation import Evaluation, evaluate

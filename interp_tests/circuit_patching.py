@@ -32,6 +32,8 @@ import torch
 from .circuit_results import CircuitResult, Completeness, Minimality, circuit_scores
 from .circuits import Circuit, Node, as_circuit, universe_of
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
+from .edge_runs import EdgeMasks, edge_pass
+from .edges import EdgeGraph
 from .errors import ComponentError, PromptError, SettingsError
 from .metrics import AnswerReader, RunStats, check_metric, warn_if_at_chance
 from .models import PatchableModel
@@ -113,6 +115,16 @@ def _check_universe(circuit: Circuit, universe: Circuit) -> None:
         )
 
 
+def _check_edge_universe(circuit: Circuit, universe: Circuit) -> None:
+    outside = sorted(e.label for e in set(circuit) - set(universe))
+    if outside:
+        raise ComponentError(
+            f"Circuit edges {outside[:5]}{' ...' if len(outside) > 5 else ''} are not in the universe of ablated edges: "
+            "a faithfulness score ablates the universe outside the circuit, so the circuit must lie inside it. Widen "
+            "universe= (or leave it out: by default it is every edge of the model)."
+        )
+
+
 def _mean_ablation(
     model: PatchableModel, tokens: TokenizedPairs, reference: TokenizedPairs, sites: set[Site]
 ) -> dict[Site, torch.Tensor]:
@@ -162,18 +174,25 @@ def masked_stats(
     reader: AnswerReader,
     runs: Sequence[tuple[Masks, dict[Site, torch.Tensor]]],
     batch_size: int | None = None,
+    graph: EdgeGraph | None = None,
 ) -> list[RunStats]:
     """Stats of each ``(masks, values)`` run over every prompt: the target run with the masked activations taken
-    from ``values``. All runs' rows share batched forward passes; each pass resumes at its first written layer."""
+    from ``values``. All runs' rows share batched forward passes; each pass resumes at its first written layer.
+    With ``graph`` the masks are EdgeMasks and each pass patches edges (edge_runs.edge_pass)."""
     rows = [(r, p) for r, (masks, _) in enumerate(runs) for p in range(tokens.n)]
     per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
+    if graph is not None and batch_size is None:
+        per_pass = max(1, per_pass // graph.row_cost())
     fields = ("prob", "logit_diff", "kl")
     out = {f: torch.full((len(runs), tokens.n), torch.nan) for f in fields}
     begin = 0
     while begin < len(rows):
         chunk = rows[begin : begin + per_pass]
         try:
-            logits = _masked_pass(model, tokens, target, target_cache, prefix, runs, chunk)
+            if graph is None:
+                logits = _masked_pass(model, tokens, target, target_cache, prefix, runs, chunk)
+            else:
+                logits = edge_pass(model, graph, tokens, target, target_cache, prefix, runs, chunk)
         except OUT_OF_MEMORY:
             logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
         if logits is None:
@@ -252,18 +271,29 @@ class CircuitRuns:
         self.model, self.metric, self.ablation, self.batch_size = model, check_metric(metric), ablation, batch_size
         self.tokens = tokens = tokenize(model, pairs)
         named = list(tokens.named_positions)
-        circuit.check(model.n_layers, model.n_heads, tokens.seq_len, named)
-        if universe is None:
-            if not len(circuit) and uses_universe:
-                raise SettingsError("An empty circuit has no kinds to build the default universe from: give universe=.")
-            universe = universe_of(circuit.kinds or ["attn_head"], model.n_layers, model.n_heads)
-        self.universe = as_circuit(universe)
-        self.universe.check(model.n_layers, model.n_heads, tokens.seq_len, named)
-        if uses_universe:
-            _check_universe(circuit, self.universe)
+        universe = None if universe is None else as_circuit(universe)
+        # An edge circuit (or an empty one inside an edge universe) patches edges: see edge_runs.
+        self.graph = EdgeGraph.of(model) if circuit.is_edges or (universe is not None and universe.is_edges) else None
+        if self.graph is not None:
+            self.graph.check(circuit)
+            self.universe = self.graph.universe() if universe is None else universe
+            self.graph.check(self.universe)
+            if uses_universe:
+                _check_edge_universe(circuit, self.universe)
+            self.sites = self.graph.sites
+        else:
+            circuit.check(model.n_layers, model.n_heads, tokens.seq_len, named)
+            if universe is None:
+                if not len(circuit) and uses_universe:
+                    raise SettingsError("An empty circuit has no kinds to build the default universe from: give universe=.")
+                universe = universe_of(circuit.kinds or ["attn_head"], model.n_layers, model.n_heads)
+            self.universe = universe
+            self.universe.check(model.n_layers, model.n_heads, tokens.seq_len, named)
+            if uses_universe:
+                _check_universe(circuit, self.universe)
+            self.sites = _node_sites(circuit) | (_node_sites(self.universe) if uses_universe else set())
         self.clean_input = RunInput(tokens.clean_ids, None)
         self.corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-        self.sites = _node_sites(circuit) | (_node_sites(self.universe) if uses_universe else set())
         site_names = tuple(sorted({s for _, s in self.sites}))
         self.reader = AnswerReader(tokens, model.shape.vocab_size)
         everyone = list(range(tokens.n))
@@ -290,14 +320,14 @@ class CircuitRuns:
             self.runs += reference_tokens.n if ablation == "mean" else 0
         self.reference = "the pairs' corrupted prompts" if reference is None else f"{len(reference)} reference pairs"
 
-    def _masks(self) -> Masks:
-        return Masks(self.model, self.tokens, self.prefix)
+    def _masks(self) -> Masks | EdgeMasks:
+        return Masks(self.model, self.tokens, self.prefix) if self.graph is None else EdgeMasks(self.graph)
 
     def _measure(self, target: RunInput, cache: dict[Any, Any], runs: list[tuple[Masks, Any]]) -> list[np.ndarray]:
         self.runs += len(runs) * self.tokens.n
         with torch.no_grad(), eval_mode(self.model):
             stats = masked_stats(
-                self.model, self.tokens, target, cache, self.prefix, self.reader, runs, self.batch_size
+                self.model, self.tokens, target, cache, self.prefix, self.reader, runs, self.batch_size, self.graph
             )
         return [_metric_values(s, self.metric) for s in stats]
 
@@ -488,7 +518,7 @@ def minimality(
         rest = circuit - [node]
         subsets = [Circuit(), *(g - [node] for g in circuit.groups.values() if node in g), *_random_subsets(rest, samples, rng)]
         pairs_to_run.extend((node.label, k) for k in dict.fromkeys(subsets))
-    kept = [circuit - k for _, k in pairs_to_run] + [circuit - k - [Node.parse(label)] for label, k in pairs_to_run]
+    kept = [circuit - k for _, k in pairs_to_run] + [circuit - k - [label] for label, k in pairs_to_run]
     values = runs.kept(kept)
     n = len(pairs_to_run)
     rows = [(label, k, float(values[i].mean()), float(values[n + i].mean())) for i, (label, k) in enumerate(pairs_to_run)]

@@ -5,6 +5,9 @@ A node is a head ``"9.9"``, a layer's attention output ``"attn.2"``, MLP output 
 position of the pairs (``"9.9@S2"``: the last token of span S2 in each prompt, ``"@last"``). A node without a
 position covers every position. Circuits are immutable sets with a stable text form, so a report, a cache key
 and a baseline name the same circuit the same way.
+
+A circuit may instead hold edges (``"5.5->9.9.q"``: sender -> receiver input, see interp_tests.edges for the
+graph); one circuit holds nodes or edges, not both.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class Node:
             raise ComponentError(
                 f"{label!r} is not a circuit node. Heads are 'L.H' (e.g. '9.9'), layers 'attn.L', 'mlp.L' or "
                 "'resid.L'; append '@P' for one position: a token index ('mlp.3@12') or a named position of the "
-                "pairs ('9.9@S2', '9.9@last')."
+                "pairs ('9.9@S2', '9.9@last'). Edges are 'sender->receiver' (e.g. '5.5->9.9.q')."
             )
         pos_text = match["pos"]
         position: int | str | None = None if pos_text is None else (int(pos_text) if pos_text.isdigit() else pos_text)
@@ -70,11 +73,63 @@ class Node:
         return self.label
 
 
-NodeLike = Union[str, Node]
+_SENDER = re.compile(r"^(?:embed|(?P<layer>\d+)\.(?P<head>\d+)|mlp\.(?P<mlp>\d+))$")
+_RECEIVER = re.compile(r"^(?:logits|(?P<layer>\d+)\.(?P<head>\d+)\.(?P<input>[qkv])|mlp\.(?P<mlp>\d+))$")
+_INPUT_ORDER = {"q": 0, "k": 1, "v": 2}
+_LAST = 10**9  # sorts the logits after every layer
 
 
-def _node(value: NodeLike) -> Node:
-    return value if isinstance(value, Node) else Node.parse(value)
+@dataclass(frozen=True)
+class Edge:
+    """One edge of the computational graph: ``sender`` ("embed", "L.H", "mlp.L") -> ``receiver`` input
+    ("L.H.q", "L.H.k", "L.H.v", "mlp.L", "logits"). Patching it replaces that sender's contribution to that
+    receiver's input only. Whether the model has the edge is checked against its graph (edges.EdgeGraph)."""
+
+    sender: str
+    receiver: str
+
+    @classmethod
+    def parse(cls, label: str) -> Edge:
+        text = str(label).strip()
+        sender, _, receiver = (part.strip() for part in text.partition("->"))
+        if "->" not in text or not _SENDER.match(sender) or not _RECEIVER.match(receiver):
+            raise ComponentError(
+                f"{label!r} is not an edge. Edges are 'sender->receiver': senders 'embed', 'L.H' (a head), 'mlp.L'; "
+                "receivers 'L.H.q', 'L.H.k', 'L.H.v' (a head's query, key or value input), 'mlp.L' and 'logits' "
+                "(e.g. '5.5->9.9.q', 'mlp.3->9.9.v', '9.9->logits', 'embed->mlp.0')."
+            )
+        return cls(sender, receiver)
+
+    @property
+    def label(self) -> str:
+        return f"{self.sender}->{self.receiver}"
+
+    def sort_key(self) -> tuple:
+        """Receivers in forward order, then senders in forward order: a stable order for the text form."""
+        r = _RECEIVER.match(self.receiver)
+        s = _SENDER.match(self.sender)
+        assert r is not None and s is not None  # parse() checked both
+        if r["input"]:
+            receiver = (int(r["layer"]), 0, _INPUT_ORDER[r["input"]], int(r["head"]))
+        else:
+            receiver = (int(r["mlp"]), 1, 0, 0) if r["mlp"] else (_LAST, 0, 0, 0)
+        if s["head"]:
+            sender = (int(s["layer"]), 0, int(s["head"]))
+        else:
+            sender = (int(s["mlp"]), 1, 0) if s["mlp"] else (-1, 0, 0)
+        return (1, receiver, sender)
+
+    def __str__(self) -> str:
+        return self.label
+
+
+NodeLike = Union[str, Node, Edge]
+
+
+def _node(value: NodeLike) -> Node | Edge:
+    if isinstance(value, (Node, Edge)):
+        return value
+    return Edge.parse(value) if "->" in str(value) else Node.parse(value)
 
 
 class Circuit:
@@ -88,7 +143,12 @@ class Circuit:
         if isinstance(nodes, str):
             raise ComponentError(f"Circuit() takes a list of node labels, not one string: Circuit([{nodes!r}]).")
         parsed = {_node(n) for n in nodes}
-        self._nodes: tuple[Node, ...] = tuple(sorted(parsed, key=Node.sort_key))
+        if len({type(n) for n in parsed}) > 1:
+            raise ComponentError(
+                "A circuit holds nodes or edges, not both: write the nodes' edges instead (every edge out of a node "
+                "patches the same as the node)."
+            )
+        self._nodes: tuple[Node | Edge, ...] = tuple(sorted(parsed, key=lambda n: n.sort_key()))
         self._groups: dict[str, tuple[Node, ...]] = {}
         for name, members in (groups or {}).items():
             group = {_node(n) for n in members}
@@ -98,11 +158,16 @@ class Circuit:
                     f"Group {name!r} names {sorted(n.label for n in missing)}, which are not nodes of the circuit. "
                     "Add them to the circuit's nodes, or remove them from the group."
                 )
-            self._groups[name] = tuple(sorted(group, key=Node.sort_key))
+            self._groups[name] = tuple(sorted(group, key=lambda n: n.sort_key()))
 
     @property
-    def nodes(self) -> tuple[Node, ...]:
+    def nodes(self) -> tuple[Node | Edge, ...]:
         return self._nodes
+
+    @property
+    def is_edges(self) -> bool:
+        """True for a circuit of edges (an empty circuit is neither)."""
+        return bool(self._nodes) and isinstance(self._nodes[0], Edge)
 
     @property
     def labels(self) -> list[str]:
@@ -114,16 +179,16 @@ class Circuit:
 
     @property
     def kinds(self) -> list[str]:
-        return [k for k in KINDS if any(n.kind == k for n in self._nodes)]
+        return [k for k in KINDS if any(getattr(n, "kind", None) == k for n in self._nodes)]
 
-    def __iter__(self) -> Iterator[Node]:
+    def __iter__(self) -> Iterator[Node | Edge]:
         return iter(self._nodes)
 
     def __len__(self) -> int:
         return len(self._nodes)
 
     def __contains__(self, node: object) -> bool:
-        return isinstance(node, (str, Node)) and _node(node) in set(self._nodes)
+        return isinstance(node, (str, Node, Edge)) and _node(node) in set(self._nodes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Circuit) and self._nodes == other._nodes
@@ -155,6 +220,8 @@ class Circuit:
 
     def check(self, n_layers: int, n_heads: int, seq_len: int | None = None, named: Iterable[str] = ()) -> None:
         """Raise ComponentError for a node the model (or the pairs' positions) does not have."""
+        if self.is_edges:
+            raise ComponentError("An edge circuit is checked against the model's edge graph (edges.EdgeGraph.check).")
         named = ["last", *named]
         for node in self._nodes:
             if node.layer >= n_layers or (node.head is not None and node.head >= n_heads):

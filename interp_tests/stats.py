@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ from .metrics import MIN_LOGIT_DIFF_GAP, check_metric
 from .signs import check_sign
 
 if TYPE_CHECKING:
+    from .edge_results import EdgeScores
     from .results import PatchResult
 
 CORRECTIONS = ("holm", "fdr_bh")
@@ -392,3 +393,19 @@ def probability_blind_spot_warning(metric: str, claim_kind: str, *, corrupted_pr
         "drives it near 0 every component looks non-negative (Zhang & Nanda 2024, section 4.2). Check the claim "
         "with metric='logit_diff' as well."
     )
+
+
+def roc_auc(scores: EdgeScores, true_circuit: Iterable[str], by: str = "abs") -> float:
+    """Area under the ROC curve of recovering ``true_circuit``'s edges from ``scores``: TPR against FPR over every
+    top-k circuit (k = 0..all edges, ranked ``by`` |score| or score), by the trapezoid rule. 1.0: every true edge
+    ranks above every other; 0.5: chance."""
+    truth = {str(label) for label in true_circuit}
+    unknown = sorted(truth - set(scores.labels))
+    if unknown:
+        raise ComponentError(f"The true circuit names edges the scores do not have: {unknown[:5]}.{did_you_mean(unknown[0], scores.labels)}")
+    positive = np.array([scores.labels[i] in truth for i in scores.order(by)])
+    if positive.all() or not positive.any():
+        raise SettingsError("ROC AUC needs edges both inside and outside the true circuit.")
+    tpr = np.concatenate([[0.0], np.cumsum(positive) / positive.sum()])
+    fpr = np.concatenate([[0.0], np.cumsum(~positive) / (~positive).sum()])
+    return float(np.trapezoid(tpr, fpr))

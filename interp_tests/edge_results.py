@@ -1,0 +1,148 @@
+"""Edge scores and faithfulness curves as plain data, with their claims (edge_claims)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .edge_claims import CurveClaims, EdgeScoreClaims, TopCircuit
+from .errors import ComponentError, SettingsError, did_you_mean
+
+RANKINGS = ("abs", "signed")
+
+
+class EdgeScores(EdgeScoreClaims):
+    """One score per edge: the share of the clean-corrupted gap of m (logit difference, probability, -KL) that
+    corrupting that edge alone in the clean run destroys, exact or estimated (``method``: "exact", "eap",
+    "eap_ig"). Positive scores mark edges the behaviour needs.
+
+    ``raw[prompt, edge]`` is the change of m itself, m(clean with the edge corrupted) - m(clean), per prompt kept;
+    ``score`` normalises the batch means by ``m_clean - m_corrupted`` (as sweeps do) and ``per_prompt`` each
+    prompt by its own gap.
+    """
+
+    def __init__(
+        self, labels: Sequence[str], raw: np.ndarray, m_clean: np.ndarray, m_corrupted: np.ndarray, *, method: str,
+        metric: str, settings: dict[str, Any],
+    ) -> None:
+        self.labels = list(labels)
+        self.raw = np.asarray(raw, dtype=np.float64)
+        self.m_clean, self.m_corrupted = np.asarray(m_clean, np.float64), np.asarray(m_corrupted, np.float64)
+        self.method, self.metric, self.settings = method, metric, dict(settings)
+        self._index = {label: i for i, label in enumerate(self.labels)}
+        gap = float(self.m_clean.mean() - self.m_corrupted.mean())
+        self.scores = -self.raw.mean(0) / gap if gap else np.full(len(self.labels), np.nan)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            self.per_prompt = -self.raw / (self.m_clean - self.m_corrupted)[:, None]
+
+    @property
+    def n_prompts(self) -> int:
+        return self.raw.shape[0]
+
+    def _position(self, edge: str) -> int:
+        if edge not in self._index:
+            raise ComponentError(f"{edge!r} is not an edge of these scores.{did_you_mean(edge, self.labels)}")
+        return self._index[edge]
+
+    def score(self, edge: str) -> float:
+        return float(self.scores[self._position(edge)])
+
+    def order(self, by: str = "abs") -> np.ndarray:
+        """Edge indices from the highest-ranked down: by |score| ("abs") or by score ("signed")."""
+        if by not in RANKINGS:
+            raise SettingsError(f"by={by!r}: rank edges by 'abs' or 'signed' score.{did_you_mean(by, RANKINGS)}")
+        key = np.abs(self.scores) if by == "abs" else self.scores
+        return np.argsort(-key, kind="stable")
+
+    def rank(self, edge: str, by: str = "abs") -> int:
+        """1 for the highest-ranked edge."""
+        position = self._position(edge)
+        return int(np.nonzero(self.order(by) == position)[0][0]) + 1
+
+    def top(self, k: int, by: str = "abs") -> list[str]:
+        return [self.labels[i] for i in self.order(by)[:k]]
+
+    def circuit(self, top: int | None = None, fraction: float | None = None, by: str = "abs") -> TopCircuit:
+        """The circuit of the ``top`` highest-ranked edges, or of the top ``fraction`` of all edges (at least one)."""
+        if (top is None) == (fraction is None):
+            raise SettingsError("Give top= (a number of edges) or fraction= (a share of all edges), not both.")
+        if fraction is not None:
+            if not 0 < fraction <= 1:
+                raise SettingsError(f"fraction={fraction!r} must be in (0, 1].")
+            top = edges_at(fraction, len(self.labels))
+        if not isinstance(top, int) or not 1 <= top <= len(self.labels):
+            raise SettingsError(f"top={top!r}: choose between 1 and {len(self.labels)} edges.")
+        return TopCircuit(self.top(top, by))
+
+    def table(self, k: int = 10, by: str = "abs") -> str:
+        lines = [f"{self.method} edge scores ({self.metric}, {self.n_prompts} prompts, {len(self.labels)} edges):"]
+        lines += [f"  {r + 1:>4} {self.labels[i]:<22} {self.scores[i]:+.4f}" for r, i in enumerate(self.order(by)[:k])]
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"EdgeScores({self.method}, {len(self.labels)} edges, {self.n_prompts} prompts)"
+
+
+def edges_at(fraction: float, n_edges: int) -> int:
+    """How many edges the top ``fraction`` holds: rounded, at least one."""
+    return max(1, min(n_edges, int(round(fraction * n_edges))))
+
+
+class FaithfulnessCurve(CurveClaims):
+    """Faithfulness of the circuits of the top fractions of edges, under two rankings (MIB, Mueller et al. 2025):
+    ``signed[i]`` ranks by score, ``abs[i]`` by |score|. Faithfulness is ``(m(C) - m(empty)) / (m(full) -
+    m(empty))`` with every edge outside C ablated. CPR is the trapezoid area under ``signed`` over the fractions
+    (higher is better), CMD the area under ``|1 - abs|`` (lower is better)."""
+
+    def __init__(
+        self, fractions: Sequence[float], sizes: Sequence[int], signed: np.ndarray, absolute: np.ndarray,
+        settings: dict[str, Any],
+    ) -> None:
+        self.fractions = [float(f) for f in fractions]
+        self.sizes = list(sizes)
+        self.signed, self.abs = np.asarray(signed, np.float64), np.asarray(absolute, np.float64)
+        self.settings = dict(settings)
+        x = np.asarray(self.fractions)
+        self.cpr = float(np.trapezoid(self.signed, x))
+        self.cmd = float(np.trapezoid(np.abs(1 - self.abs), x))
+
+    def at(self, fraction: float, ranking: str = "signed") -> float:
+        if ranking not in RANKINGS:
+            raise SettingsError(f"ranking={ranking!r}: choose 'signed' or 'abs'.")
+        matches = [i for i, f in enumerate(self.fractions) if abs(f - fraction) < 1e-12]
+        if not matches:
+            raise SettingsError(f"The curve has no point at fraction {fraction:g}; its fractions are {self.fractions}.")
+        return float((self.signed if ranking == "signed" else self.abs)[matches[0]])
+
+    def __str__(self) -> str:
+        lines = [f"faithfulness curve: CPR={self.cpr:.3f}, CMD={self.cmd:.3f}",
+                 f"  {'fraction':>9} {'edges':>7} {'signed':>8} {'abs':>8}"]
+        lines += [f"  {f:>9g} {n:>7} {s:>8.3f} {a:>8.3f}" for f, n, s, a in zip(self.fractions, self.sizes, self.signed, self.abs)]
+        return "\n".join(lines)
+
+    def plot(self, path: str | Path) -> Path:
+        """Both curves against the fraction of edges (log x), saved as a PNG; needs matplotlib (the plots extra)."""
+        from .reports import require_matplotlib
+
+        require_matplotlib()
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(self.fractions, self.signed, marker="o", label=f"signed ranking (CPR {self.cpr:.3f})")
+        ax.plot(self.fractions, self.abs, marker="s", label=f"|score| ranking (CMD {self.cmd:.3f})")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.set_xlabel("fraction of edges kept")
+        ax.set_ylabel("faithfulness")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = Path(path)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
