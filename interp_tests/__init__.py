@@ -35,6 +35,7 @@ _LAZY = {
     "circuit_patch": "circuit_patching",
     "CircuitResult": "circuit_results",
     "Grid": "robustness",
+    "register_metric": "metrics",
 }
 _SUBMODULES = ("tasks", "errors", "stats", "robustness", "strategies", "reports")
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from .claims import ClaimError
     from .errors import InterpError, InterpWarning
     from .evaluation import Evaluation, evaluate
+    from .metrics import register_metric
     from .models import PatchableModel, load_model
     from .pairs import PromptPairs
     from .patching import patch

@@ -55,14 +55,16 @@ from .claims import ClaimError
 from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
-from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
 from .models import PatchableModel
 from .engine import (
+    Progress,
     SharedPrefix,
     eval_mode,
     final_logits,
     pass_inputs,
     prepare_sweep,
+    progress_reporter,
     rows_per_pass,
     run,
     shared_prefix,
@@ -73,7 +75,6 @@ from .exact import exact_patch
 from .results import PatchResult
 
 METHOD = "attribution"
-_FIELDS = ("prob", "logit_diff", "kl")
 
 
 @contextlib.contextmanager
@@ -162,7 +163,7 @@ def attribution_patch(
     pairs: Any,
     component: str = "attn_head",
     corruption: Corruption = "str",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     *,
     positions: str | int = "all",
     window: int = 1,
@@ -171,13 +172,13 @@ def attribution_patch(
     noise_scale: float = DEFAULT_NOISE_SCALE,
     grad_drop: bool = False,
     batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
 ) -> PatchResult:
     """AtP estimates of ``patch(model, pairs, component, ...)``'s effects under ``metric``;
     ``patch(..., method="attribution")`` calls this. Same arguments and result layout as the exact ``patch``,
     except that the result holds ``metric``'s effects only (one backward pass per metric). ``grad_drop=True``
     gives AtP*'s GradDrop magnitudes (see the module docstring); ``batch_size`` is prompts per pass and
-    ``progress(done, total)`` counts prompts."""
+    ``progress`` (True: a bar; or a callable ``(done, total)``) counts prompts."""
     tokens, grid, source, target = prepare_sweep(
         model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
         seed=seed, noise_scale=noise_scale,
@@ -194,7 +195,8 @@ def attribution_patch(
             "grad_drop=False."
         )
     n, vocab = tokens.n, model.shape.vocab_size
-    reader = AnswerReader(tokens, vocab)
+    metric, custom = resolve_metric(metric)
+    reader = AnswerReader(tokens, vocab, custom)
     reader.clean_logprobs = torch.zeros(n, vocab)  # filled chunk by chunk, as set_clean would
     estimates: list[torch.Tensor] = []
     target_chunks = []
@@ -204,13 +206,13 @@ def attribution_patch(
             source_logits, cache = run(model, tokens, source, list(range(n)), cache_sites=(site,), prefix=prefix)
         batch_rows = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
         sites = {site, "attn", "mlp"} if grad_drop else {site}
-        with _parameters_require_grad(model), torch.enable_grad():
+        with _parameters_require_grad(model), torch.enable_grad(), progress_reporter(progress, "attribution") as report:
             for begin in range(0, n, batch_rows):
                 index = torch.arange(begin, min(n, begin + batch_rows))
                 target_logits, live = _grad_run(model, tokens, target, index, sites, prefix)
                 clean_logits = source_logits[index] if direction == "denoise" else target_logits.detach()
                 reader.clean_logprobs[index] = torch.log_softmax(clean_logits.float().cpu(), dim=-1)
-                value = getattr(reader.stats(target_logits, index), metric).sum()
+                value = reader.stats(target_logits, index)[metric].sum()
                 activations = [live[(layer, site)] for layer in range(model.n_layers)]
                 deltas = [(cache[(layer, site)][index.to(a.device)] - a.detach()).to(a.dtype) for layer, a in enumerate(activations)]
                 estimate = functools.partial(
@@ -223,8 +225,8 @@ def attribution_patch(
                     estimates.append(estimate(torch.autograd.grad(value, activations, allow_unused=True)))
                 target_chunks.append(target_logits.detach().float().cpu())
                 del live, activations, deltas, value
-                if progress is not None:
-                    progress(int(index[-1]) + 1, n)
+                if report is not None:
+                    report(int(index[-1]) + 1, n)
     clean_logits = source_logits if direction == "denoise" else torch.cat(target_chunks)
     warn_if_at_chance(*reader.accuracy(clean_logits))
     all_prompts = torch.arange(n)
@@ -233,11 +235,11 @@ def attribution_patch(
     clean_stats, corrupt_stats = (source_stats, target_stats) if direction == "denoise" else (target_stats, source_stats)
     n_cells = int(np.prod(grid.shape))
     raw = torch.cat(estimates).reshape(n, n_cells).T  # [components, prompts]: estimated change of the raw metric
-    patched = RunStats(**{f: getattr(target_stats, f)[None, :] + raw for f in _FIELDS})  # only `metric` is read
+    patched = RunStats({metric: target_stats[metric][None, :] + raw})
     result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
         rows_per_pass=batch_rows, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale, metrics=(metric,),
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom,
     )
     result.settings["grad_drop"] = grad_drop
     return result
@@ -378,6 +380,7 @@ def verify_top(
     verified = PatchResult(
         metric=metric, effects={metric: effects.reshape(estimate.effects[metric].shape)}, ld_clean=estimate.ld_clean,
         ld_corrupted=estimate.ld_corrupted, grid=estimate.grid, settings=dict(estimate.settings, verified=labels),
+        gaps=estimate.gaps,
     )
     comparison = _compare(metric, labels, est[top], verified.mean.reshape(-1)[top], k)
     return dataclasses.replace(comparison, verified=verified)

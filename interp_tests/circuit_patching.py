@@ -35,10 +35,12 @@ from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_in
 from .edge_runs import EdgeMasks, edge_pass
 from .edges import EdgeGraph
 from .errors import ComponentError, PromptError, SettingsError
-from .metrics import AnswerReader, RunStats, check_metric, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .engine import (
+    Progress,
+    progress_reporter,
     NO_PREFIX,
     OUT_OF_MEMORY,
     Pairs,
@@ -175,16 +177,17 @@ def masked_stats(
     runs: Sequence[tuple[Masks, dict[Site, torch.Tensor]]],
     batch_size: int | None = None,
     graph: EdgeGraph | None = None,
+    on_pass: Callable[[int], None] | None = None,
 ) -> list[RunStats]:
     """Stats of each ``(masks, values)`` run over every prompt: the target run with the masked activations taken
     from ``values``. All runs' rows share batched forward passes; each pass resumes at its first written layer.
-    With ``graph`` the masks are EdgeMasks and each pass patches edges (edge_runs.edge_pass)."""
+    With ``graph`` the masks are EdgeMasks and each pass patches edges (edge_runs.edge_pass). ``on_pass(rows)``
+    is called after each pass with the rows it ran."""
     rows = [(r, p) for r, (masks, _) in enumerate(runs) for p in range(tokens.n)]
     per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
     if graph is not None and batch_size is None:
         per_pass = max(1, per_pass // graph.row_cost())
-    fields = ("prob", "logit_diff", "kl")
-    out = {f: torch.full((len(runs), tokens.n), torch.nan) for f in fields}
+    out: dict[str, torch.Tensor] = {}
     begin = 0
     while begin < len(rows):
         chunk = rows[begin : begin + per_pass]
@@ -201,10 +204,12 @@ def masked_stats(
         prompts = torch.tensor([p for _, p in chunk])
         stats = reader.stats(logits, prompts)
         run_index = torch.tensor([r for r, _ in chunk])
-        for f in fields:
-            out[f][run_index, prompts] = getattr(stats, f)
+        for f, value in stats.values.items():
+            out.setdefault(f, torch.full((len(runs), tokens.n), torch.nan))[run_index, prompts] = value
         begin += len(chunk)
-    return [RunStats(**{f: out[f][r] for f in fields}) for r in range(len(runs))]
+        if on_pass is not None:
+            on_pass(len(chunk))
+    return [RunStats({f: value[r] for f, value in out.items()}) for r in range(len(runs))]
 
 
 def _masked_pass(
@@ -259,16 +264,19 @@ class CircuitRuns:
         *,
         universe: Circuit | Sequence[str] | None,
         ablation: str,
-        metric: str,
+        metric: Metric,
         corruption: Corruption,
         reference: PromptPairs | None,
         seed: int,
         noise_scale: float,
         batch_size: int | None,
         uses_universe: bool,
+        progress: Callable[[int, int], None] | None = None,
     ) -> None:
         check_choice("ablation", ablation, ABLATIONS)
-        self.model, self.metric, self.ablation, self.batch_size = model, check_metric(metric), ablation, batch_size
+        self.progress, self.done, self.planned = progress, 0, 0
+        self.metric, custom = resolve_metric(metric)
+        self.model, self.ablation, self.batch_size = model, ablation, batch_size
         self.tokens = tokens = tokenize(model, pairs)
         named = list(tokens.named_positions)
         universe = None if universe is None else as_circuit(universe)
@@ -295,7 +303,7 @@ class CircuitRuns:
         self.clean_input = RunInput(tokens.clean_ids, None)
         self.corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
         site_names = tuple(sorted({s for _, s in self.sites}))
-        self.reader = AnswerReader(tokens, model.shape.vocab_size)
+        self.reader = AnswerReader(tokens, model.shape.vocab_size, custom)
         everyone = list(range(tokens.n))
         self.runs = 2 * tokens.n  # forward passes of one prompt each: clean and corrupted, then every patched one
         with torch.no_grad(), eval_mode(model):
@@ -325,11 +333,19 @@ class CircuitRuns:
 
     def _measure(self, target: RunInput, cache: dict[Any, Any], runs: list[tuple[Masks, Any]]) -> list[np.ndarray]:
         self.runs += len(runs) * self.tokens.n
+        self.planned += len(runs) * self.tokens.n
         with torch.no_grad(), eval_mode(self.model):
             stats = masked_stats(
-                self.model, self.tokens, target, cache, self.prefix, self.reader, runs, self.batch_size, self.graph
+                self.model, self.tokens, target, cache, self.prefix, self.reader, runs, self.batch_size, self.graph,
+                None if self.progress is None else self._passed,
             )
         return [_metric_values(s, self.metric) for s in stats]
+
+    def _passed(self, rows: int) -> None:
+        """Progress over the patched runs asked for so far (a search's total grows as it picks subsets)."""
+        self.done += rows
+        assert self.progress is not None
+        self.progress(self.done, self.planned)
 
     def restored(self, circuits: Sequence[Circuit]) -> list[np.ndarray]:
         """m per prompt of the corrupted run with each circuit's clean activations restored."""
@@ -364,7 +380,7 @@ def circuit_patch(
     circuit: Circuit | Sequence[str],
     test: str = "sufficiency",
     ablation: str = "resample",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     corruption: Corruption = "str",
     *,
     universe: Circuit | Sequence[str] | None = None,
@@ -374,27 +390,31 @@ def circuit_patch(
     batch_size: int | None = None,
     n_bootstrap: int = 1000,
     confidence: float = 0.95,
+    progress: Progress = None,
 ) -> CircuitResult:
     """Score ``circuit`` on the pairs by ``test`` (see the module docstring for the definitions), all its nodes
     patched jointly in one run per prompt. ``reference`` (mean ablation) defaults to the pairs themselves, whose
-    corrupted prompts are averaged. The score's interval is a percentile bootstrap over prompts."""
+    corrupted prompts are averaged. The score's interval is a percentile bootstrap over prompts. ``progress=True``
+    shows a bar of patched runs (or give a callable ``(done, total)``)."""
     check_choice("test", test, TESTS)
     circuit = as_circuit(circuit)
     uses_universe = test == "faithfulness" or ablation != "resample"
-    runs = CircuitRuns(
-        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=uses_universe,
-    )
-    # The circuit, then the circuit without each node (for per-node contributions), in the same passes.
-    variants = [circuit, *(circuit - [node] for node in circuit)] if len(circuit) > 1 else [circuit]
-    if test == "sufficiency" and ablation == "resample":
-        patched_runs, empty = runs.restored(variants), runs.corrupted
-    elif test == "necessity" and ablation == "resample":
-        patched_runs, empty = runs.ablated(variants), runs.corrupted
-    elif test == "necessity":
-        *patched_runs, empty = runs.ablated([*variants, runs.universe])
-    else:
-        *patched_runs, empty = runs.kept([*variants, Circuit()])
+    with progress_reporter(progress, f"circuit {test}") as report:
+        runs = CircuitRuns(
+            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=uses_universe,
+            progress=report,
+        )
+        # The circuit, then the circuit without each node (for per-node contributions), in the same passes.
+        variants = [circuit, *(circuit - [node] for node in circuit)] if len(circuit) > 1 else [circuit]
+        if test == "sufficiency" and ablation == "resample":
+            patched_runs, empty = runs.restored(variants), runs.corrupted
+        elif test == "necessity" and ablation == "resample":
+            patched_runs, empty = runs.ablated(variants), runs.corrupted
+        elif test == "necessity":
+            *patched_runs, empty = runs.ablated([*variants, runs.universe])
+        else:
+            *patched_runs, empty = runs.kept([*variants, Circuit()])
     patched = patched_runs[0]
     without = {node.label: values for node, values in zip(circuit, patched_runs[1:])}
     metrics = {"clean": runs.clean, "corrupted": runs.corrupted, "patched": patched, "empty": empty}
@@ -415,10 +435,13 @@ def circuit_patch(
     )
 
 
-def _search_runs(model, pairs, circuit, *, universe, ablation, metric, corruption, reference, seed, noise_scale, batch_size) -> CircuitRuns:
+def _search_runs(
+    model, pairs, circuit, *, universe, ablation, metric, corruption, reference, seed, noise_scale, batch_size, progress
+) -> CircuitRuns:
     return CircuitRuns(
         model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
         reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=True,
+        progress=progress,
     )
 
 
@@ -437,7 +460,7 @@ def completeness(
     circuit: Circuit | Sequence[str],
     *,
     ablation: str = "resample",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     corruption: Corruption = "str",
     universe: Circuit | Sequence[str] | None = None,
     reference: PromptPairs | None = None,
@@ -446,16 +469,25 @@ def completeness(
     seed: int = 0,
     noise_scale: float = DEFAULT_NOISE_SCALE,
     batch_size: int | None = None,
+    progress: Progress = None,
 ) -> Completeness:
     """Wang et al.'s completeness check: the incompleteness ``|F(C\\K) - F(M\\K)|`` (M the universe) over subsets
     K of the circuit: each named group, ``samples`` random subsets (each node kept with probability 1/2), and a
     greedy search that grows K one node at a time for ``greedy_steps`` steps, adding the node that makes the
-    incompleteness largest. Each K costs two runs per prompt; ``n_runs`` reports the total."""
+    incompleteness largest. Each K costs two runs per prompt; ``n_runs`` reports the total. ``progress`` as for
+    ``circuit_patch`` (its total grows as the greedy search picks its next subsets)."""
     circuit = as_circuit(circuit)
-    runs = _search_runs(
-        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
-    )
+    with progress_reporter(progress, "completeness") as report:
+        runs = _search_runs(
+            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=report,
+        )
+        return _completeness(runs, circuit, samples=samples, greedy_steps=greedy_steps, seed=seed, corruption=corruption)
+
+
+def _completeness(
+    runs: CircuitRuns, circuit: Circuit, *, samples: int, greedy_steps: int, seed: int, corruption: Corruption
+) -> Completeness:
     universe_c = runs.universe
     full, empty = (float(v.mean()) for v in runs.kept([universe_c, Circuit()]))
     rows: list[tuple[str, Circuit, float, float]] = []
@@ -494,7 +526,7 @@ def minimality(
     circuit: Circuit | Sequence[str],
     *,
     ablation: str = "resample",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     corruption: Corruption = "str",
     universe: Circuit | Sequence[str] | None = None,
     reference: PromptPairs | None = None,
@@ -502,15 +534,21 @@ def minimality(
     seed: int = 0,
     noise_scale: float = DEFAULT_NOISE_SCALE,
     batch_size: int | None = None,
+    progress: Progress = None,
 ) -> Minimality:
     """Wang et al.'s minimality check: for each node v, ``|F(C\\(K+v)) - F(C\\K)|`` over K in the empty set, v's
     named groups minus v, and ``samples`` random subsets of C\\{v}; the largest is v's effect. Two runs per K
-    and node per prompt; ``n_runs`` reports the total."""
+    and node per prompt; ``n_runs`` reports the total. ``progress`` as for ``circuit_patch``."""
     circuit = as_circuit(circuit)
-    runs = _search_runs(
-        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
-    )
+    with progress_reporter(progress, "minimality") as report:
+        runs = _search_runs(
+            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=report,
+        )
+        return _minimality(runs, circuit, samples=samples, seed=seed, corruption=corruption)
+
+
+def _minimality(runs: CircuitRuns, circuit: Circuit, *, samples: int, seed: int, corruption: Corruption) -> Minimality:
     full, empty = (float(v.mean()) for v in runs.kept([runs.universe, Circuit()]))
     rng = np.random.default_rng(seed)
     pairs_to_run: list[tuple[str, Circuit]] = []
@@ -529,6 +567,7 @@ def minimality(
 
 
 def _metric_values(stats: RunStats, metric: str) -> np.ndarray:
-    """m(run) per prompt: higher is closer to the clean behaviour for every metric."""
-    value = {"logit_diff": stats.logit_diff, "prob": stats.prob, "kl": -stats.kl}[metric]
+    """m(run) per prompt: the metric's value, and for KL its negative, so that higher is closer to the clean
+    behaviour for every built-in metric (a user metric may fall instead: the scores divide by its gap)."""
+    value = -stats.kl if metric == "kl" else stats[metric]
     return value.double().numpy()

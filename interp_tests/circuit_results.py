@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from . import display
 from .circuit_claims import CircuitClaims, CompletenessClaims, MinimalityClaims
 from .circuits import Circuit
 from .errors import MetricError, ResultFileError
@@ -112,6 +113,37 @@ class CircuitResult(CircuitClaims):
                 f"{label} {value:+.3f}" for label, value in sorted(self.contributions.items(), key=lambda kv: -abs(kv[1]))
             ))
         return "\n".join(lines)
+
+    # -- notebooks ---------------------------------------------------------------------------------
+    def to_dataframe(self) -> Any:
+        """One row per node: ``node``, ``kind``, ``layer``, ``head``, ``position`` and ``contribution`` (the score
+        lost when that node alone is left out; NaN for a one-node circuit, which has no such run). Needs pandas."""
+        contributions = self.contributions
+        rows = [
+            {"node": node.label, "kind": node.kind, "layer": node.layer, "head": node.head, "position": node.position,
+             "contribution": contributions.get(node.label, float("nan"))}
+            for node in self.circuit
+        ]
+        return display.dataframe(rows, ["node", "kind", "layer", "head", "position", "contribution"])
+
+    def plot(self) -> Any:
+        """Per-node contributions as a bar chart (a matplotlib Figure; needs the plots extra)."""
+        from .reports import bar_figure
+
+        contributions = self.contributions
+        labels = [node.label for node in self.circuit]
+        return bar_figure(
+            labels, [contributions.get(label, float("nan")) for label in labels],
+            ylabel=f"{self.test} score lost without the node",
+            title=self.describe().splitlines()[0],
+        )
+
+    def _repr_html_(self) -> str:
+        rows = [(node, value) for node, value in sorted(self.contributions.items(), key=lambda kv: -abs(kv[1]))]
+        parts = [display.table(["node", "contribution"], rows)] if rows else []
+        if rows:
+            parts.append(display.inline_figure(self.plot))
+        return display.block("CircuitResult", self.describe().splitlines()[:3], *parts)
 
     def __repr__(self) -> str:
         return f"<CircuitResult {self.test} {self.circuit}: {self.score:.3f} [{self.interval[0]:.3f}, {self.interval[1]:.3f}]>"
@@ -251,6 +283,33 @@ class SubsetScores:
 
     def normalised(self, row: tuple[str, Circuit, float, float]) -> float:
         return abs(row[2] - row[3]) / abs(self.gap)
+
+    # -- notebooks ---------------------------------------------------------------------------------
+    def to_dataframe(self) -> Any:
+        """One row per searched subset: ``for`` (the search step, or the node for minimality), ``K``, the two mean
+        metrics compared (``first``, ``second``: see ``table``) and ``normalised`` = |first - second| / |gap|."""
+        rows = [
+            {"for": row[0], "K": str(row[1]), "first": row[2], "second": row[3], "normalised": self.normalised(row)}
+            for row in self.rows
+        ]
+        return display.dataframe(rows, ["for", "K", "first", "second", "normalised"])
+
+    def plot(self) -> Any:
+        """The largest normalised difference per search step (completeness) or node (minimality), as bars."""
+        from .reports import bar_figure
+
+        best: dict[str, float] = {}
+        for row in self.rows:
+            best[row[0]] = max(best.get(row[0], 0.0), self.normalised(row))
+        return bar_figure(list(best), list(best.values()), ylabel="|difference| / gap", title=str(self).splitlines()[0])
+
+    def _repr_html_(self) -> str:
+        lines = str(self).splitlines()
+        rows = [(r[0], str(r[1]), r[2], r[3], self.normalised(r)) for r in sorted(self.rows, key=self.normalised, reverse=True)[:10]]
+        return display.block(
+            self.KIND, lines[:1], display.table(["for", "K", "first", "second", "|diff|/gap"], rows),
+            display.inline_figure(self.plot),
+        )
 
     def table(self, k: int = 10) -> str:
         first, second = ("F(C\\K)", "F(M\\K)") if self.KIND == "completeness" else ("F(C\\K)", "F(C\\(K+v))")

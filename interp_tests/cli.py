@@ -214,7 +214,7 @@ def _sweep(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from .components import KINDS
     from .corruptions import DEFAULT_NOISE_SCALE, NAMES
-    from .metrics import METRICS
+    from .metrics import BUILTIN_METRICS
     from .engine import DIRECTIONS
     from .patching import METHODS
 
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", parents=[common], help="patch every component and print a claim",
                                 description="Patch every component of one kind, rank them, and print a YAML claim.")
     sweep.add_argument("--component", choices=KINDS, default="attn_head", help="default attn_head")
-    sweep.add_argument("--metric", choices=METRICS, default="logit_diff", help="default logit_diff")
+    sweep.add_argument("--metric", choices=BUILTIN_METRICS, default="logit_diff", help="default logit_diff")
     sweep.add_argument("--positions", default="all", help="all (default), each, a token index, last or a span name")
     sweep.add_argument("--window", type=_positive(int), default=1, help="layers restored together (mlp, attn; default 1)")
     sweep.add_argument("--direction", choices=DIRECTIONS, default="denoise", help="default denoise")

@@ -22,7 +22,7 @@ import torch
 
 from .corruptions import RunInput
 from .edges import EdgeGraph, input_weights, norm, output_weights
-from .engine import SharedPrefix, pass_inputs, take_rows
+from .engine import SharedPrefix, final_logits, pass_inputs, take_rows
 from .models import PatchableModel
 
 
@@ -135,8 +135,7 @@ def edge_pass(
         if receiving[:, logits_column].any():
             final = model.envoy(blocks.final_norm).input
             final[:] = final + delta_into(logits_column, final)[:, 0].to(final.dtype)
-        logits = model.envoy(adapter.unembed).output
-        out = logits[torch.arange(rows, device=device), row_read].save()
+        out = final_logits(model, row_read).save()
     return out.float().cpu()
 
 

@@ -30,7 +30,7 @@ from .claims import ClaimError
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
 from .edge_results import EdgeScores, FaithfulnessCurve, edges_at
 from .edges import EdgeGraph, input_weights, norm, output_weights
-from .engine import Pairs, check_choice, eval_mode, pass_inputs, rows_per_pass, run, shared_prefix, tokenize
+from .engine import Pairs, check_choice, eval_mode, final_logits, pass_inputs, rows_per_pass, run, shared_prefix, tokenize
 from .errors import SettingsError
 from .metrics import AnswerReader, check_metric, warn_if_at_chance
 from .models import PatchableModel
@@ -76,8 +76,7 @@ def _receiver_grads(model: PatchableModel, graph: EdgeGraph, tokens: Any, run_in
             saved[(layer, "stream")] = model.envoy(blocks.mlp_norm, layer).input.save()
             saved[(layer, "mlp_in")] = model.envoy(adapter.mlp, layer).input.save()
         saved["final"] = model.envoy(blocks.final_norm).input.save()
-        logits = model.envoy(adapter.unembed).output
-        final = logits[torch.arange(len(index), device=model.device), row_read].save()
+        final = final_logits(model, row_read).save()
     value = _m(reader.stats(final, index), metric).sum()
     keys = [k for k in saved if k == "final" or k[1] not in ("resid", "stream")]
     grads = dict(zip(keys, torch.autograd.grad(value, [saved[k] for k in keys], allow_unused=True)))
@@ -130,7 +129,7 @@ def edge_attribution(
     tokens = tokenize(model, pairs)
     clean_input = RunInput(tokens.clean_ids, None)
     corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-    reader = AnswerReader(tokens, model.hf.config.vocab_size)
+    reader = AnswerReader(tokens, model.shape.vocab_size)
     everyone = list(range(tokens.n))
     sites = ("resid", "head", "mlp")
     with eval_mode(model):

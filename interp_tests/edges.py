@@ -202,7 +202,9 @@ def input_weights(model: PatchableModel, graph: EdgeGraph, layer: int) -> list[t
     modules: dict[str, list[tuple[int, slice, torch.Tensor, Any]]] = {}
     for which in INPUTS:
         for head, column in enumerate(columns[which]):
-            path, features = adapter.qkv_slice(which, head, graph.n_heads, d_head)
+            # k and v receivers are KV heads: name the first query head that reads KV head ``head``.
+            query_head = head if which == "q" else head * (graph.n_heads // graph.n_kv)
+            path, features = adapter.qkv_slice(which, query_head, graph.n_heads, graph.n_kv, d_head)
             weight, bias = weight_in_out(model.hf_module(f"{adapter.layers}.{layer}.{path}"), f"{which} projection")
             modules.setdefault(path, []).append((column, features, weight[:, features], None if bias is None else bias[features]))
     return list(modules.items())

@@ -21,13 +21,15 @@ from . import __version__
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
-from .metrics import METRICS, RunStats, check_metric, raw_effects
+from .metrics import Metric, RunStats, UserMetric, check_metric, normalised_metrics, raw_effects
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
 
 DIRECTIONS = ("denoise", "noise")
 Pairs = PromptPairs | TokenizedPairs
+# ``progress=``: True for a tqdm bar, a callable ``(done, total)`` to report elsewhere, None or False for nothing.
+Progress = bool | Callable[[int, int], None] | None
 # Activation memory one patched forward pass may use when the caller does not size batches: on CPU at most
 # CPU_BATCH_BYTES (bigger passes are no faster there) and a quarter of the available memory; on a GPU,
 # GPU_BATCH_SHARE of its free memory, to fill the device.
@@ -47,6 +49,33 @@ def eval_mode(model: PatchableModel) -> Iterator[None]:
         yield
     finally:
         model.hf.train(was_training)
+
+
+@contextlib.contextmanager
+def progress_reporter(progress: Progress, what: str) -> Iterator[Callable[[int, int], None] | None]:
+    """The ``(done, total)`` callback for ``progress`` while a method runs: a tqdm bar (closed afterwards) for
+    True, the caller's callable as it is, None for None or False. ``total`` may grow as a search goes on."""
+    if progress is None or progress is False:
+        yield None
+    elif progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=0, desc=what, unit=" runs")
+
+        def report(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        try:
+            yield report
+        finally:
+            bar.close()
+    elif callable(progress):
+        yield progress
+    else:
+        raise SettingsError(
+            f"progress={progress!r}: use True (a progress bar), a function progress(done, total), or None."
+        )
 
 
 def tokenize(model: PatchableModel, pairs: Pairs) -> TokenizedPairs:
@@ -304,7 +333,7 @@ def prepare_sweep(
     pairs: Pairs,
     component: str,
     corruption: Corruption,
-    metric: str,
+    metric: Metric,
     *,
     positions: str | int,
     window: int,
@@ -345,14 +374,19 @@ def sweep_result(
     window: int,
     seed: int,
     noise_scale: float,
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[str] | None = None,
+    custom: Sequence[UserMetric] = (),
 ) -> PatchResult:
-    """A PatchResult holding ``metrics``' effects from patched stats ``[components, prompts]``, with the
-    settings every method records."""
+    """A PatchResult holding ``metrics``' effects (default: every metric the stats hold) from patched stats
+    ``[components, prompts]``, the gaps of the normalised ones, and the settings every method records."""
     effects = {
         name: value.T.reshape(tokens.n, *grid.shape).numpy()
         for name, value in raw_effects(patched, corrupt_stats).items()
-        if name in metrics
+        if metrics is None or name in metrics
+    }
+    gaps = {
+        name: (clean_stats[name] - corrupt_stats[name]).numpy()
+        for name in normalised_metrics(custom) & set(effects) - {"logit_diff"}
     }
     settings = {
         "model": model.name,
@@ -380,11 +414,12 @@ def sweep_result(
         ld_corrupted=corrupt_stats.logit_diff.numpy(),
         grid=grid,
         settings=settings,
+        gaps=gaps,
     )
 
 
 def _summary(stats: RunStats) -> dict[str, float]:
-    return {name: float(getattr(stats, name).mean()) for name in ("prob", "logit_diff", "kl")}
+    return {name: float(value.mean()) for name, value in stats.values.items()}
 
 
 def halve_after_out_of_memory(model: PatchableModel, tokens: TokenizedPairs, rows: int) -> int:

@@ -46,6 +46,10 @@ class PlotsUnavailableError(InterpError):
     """matplotlib (the ``plots`` extra) is not installed, so no PNG can be drawn."""
 
 
+class PandasUnavailableError(InterpError):
+    """pandas (the ``pandas`` extra) is not installed, so no DataFrame can be built."""
+
+
 class ResultFileError(InterpError):
     """A saved result that is missing, corrupt or from an incompatible version."""
 

@@ -16,7 +16,7 @@ import torch
 from . import engine
 from .components import SITE_OF_KIND, ComponentGrid
 from .corruptions import Corruption, RunInput
-from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .results import PatchResult
@@ -27,7 +27,7 @@ def exact_patch(
     pairs: engine.Pairs,
     component: str,
     corruption: Corruption,
-    metric: str,
+    metric: Metric,
     *,
     positions: str | int,
     window: int,
@@ -35,7 +35,7 @@ def exact_patch(
     seed: int,
     noise_scale: float,
     batch_size: int | None,
-    progress: Callable[[int, int], None] | None,
+    progress: engine.Progress,
     only: Sequence[str] | None = None,
 ) -> PatchResult:
     """``patch(..., method="exact")``; with ``only`` (component labels), patches those components alone and
@@ -46,7 +46,8 @@ def exact_patch(
     )
     site = SITE_OF_KIND[component]
     all_prompts = list(range(tokens.n))
-    reader = AnswerReader(tokens, model.shape.vocab_size)
+    name, custom = resolve_metric(metric)
+    reader = AnswerReader(tokens, model.shape.vocab_size, custom)
     with torch.no_grad(), engine.eval_mode(model):
         prefix = engine.shared_prefix(model, tokens, source, target)
         source_logits, cache = engine.run(model, tokens, source, all_prompts, cache_sites=(site,), prefix=prefix)
@@ -60,13 +61,14 @@ def exact_patch(
         target_stats = corrupt_stats if direction == "denoise" else clean_stats
         rows_per_pass = engine.rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
         cells = None if only is None else [int(np.ravel_multi_index(grid.index(label), grid.shape)) for label in only]
-        patched, rows_per_pass = patched_stats(
-            model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, progress, cells
-        )
+        with engine.progress_reporter(progress, f"patching {component}") as report:
+            patched, rows_per_pass = patched_stats(
+                model, tokens, grid, target, cache, prefix, reader, target_stats, rows_per_pass, report, cells
+            )
     return engine.sweep_result(
-        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="exact",
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=name, method="exact",
         rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom,
     )
 
 
@@ -93,14 +95,13 @@ def patched_stats(
     """
     cells = grid.cells()
     sites = [grid.sites(cell) for cell in cells]
-    fields = ("prob", "logit_diff", "kl")
-    out = {f: getattr(unpatched, f).repeat(len(cells), 1) for f in fields}
+    out = {f: value.repeat(len(cells), 1) for f, value in unpatched.values.items()}
     inert = [all(isinstance(s.position, int) and s.position < prefix.length for s in cell) for cell in sites]
     if only_cells is not None:
         skipped = torch.ones(len(cells), dtype=torch.bool)
         skipped[list(only_cells)] = False
-        for f in fields:
-            out[f][skipped] = torch.nan
+        for value in out.values():
+            value[skipped] = torch.nan
     by_layer: dict[int, list[tuple[int, int]]] = defaultdict(list)
     for c, cell_sites in enumerate(sites):
         if not inert[c] and (only_cells is None or c in only_cells):
@@ -125,9 +126,9 @@ def patched_stats(
             begin += len(chunk)
             stats = reader.stats(logits, torch.tensor(prompts))
             cell_index, prompt_index = torch.tensor([c for c, _ in chunk]), torch.tensor(prompts)
-            for f in fields:
-                out[f][cell_index, prompt_index] = getattr(stats, f)
+            for f, value in out.items():
+                value[cell_index, prompt_index] = stats[f]
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-    return RunStats(**out), rows_per_pass
+    return RunStats(out), rows_per_pass

@@ -1,8 +1,23 @@
-"""The paper's three patching metrics (Zhang & Nanda 2024, section 2.1), read at each prompt's last token.
+"""Patching metrics, read at each prompt's last token: the paper's three (Zhang & Nanda 2024, section 2.1), the
+answer's log-probability, and metrics a user registers.
 
-A run is summarised per prompt by three numbers: the probability of the answer (set), the logit
-difference ``logit(answer) - logit(wrong)`` (summed over sets), and ``KL(clean || run)``. Every metric
-of every patched run comes from these, so one sweep serves all three metrics.
+A run is summarised per prompt by one number per metric: the probability of the answer (set), the logit
+difference ``logit(answer) - logit(wrong)`` (summed over sets), ``KL(clean || run)``, the log-probability of
+the answer (set) ``log sum_a P(a)``, and any user metric the sweep asks for. Every metric of every patched
+run comes from the same forward passes, so one sweep serves all of them.
+
+A user metric is a function ``fn(logits, answer, wrong) -> values`` of a batch of last-token logits
+(``[rows, vocab]``, float32) and each row's answer and wrong tokens as boolean masks (``[rows, vocab]``, so
+answer sets work), returning one number per row; ``register_metric(name, fn)`` makes it usable by name
+(``metric="name"``, in YAML too). Its effect is ``m_patched - m_corrupted``, normalised by the per-prompt gap
+``m_clean - m_corrupted`` (batch means, as for the logit difference) unless registered with
+``normalise=False``. The sweep cache keys a user metric by its name only: after changing a registered
+function's code, rename it or clear the cache (``--interp-no-cache`` or delete ``.interp_cache/``).
+
+``logprob`` is normalised the same way, ``(m_pt - m_corr) / (m_clean - m_corr)``: log P(answer) is the answer's
+logit minus the log-sum-exp of all logits, a logit difference against the vocabulary's soft maximum, so it
+behaves like the logit difference (roughly additive over components, no saturation at P = 1 as probability
+has), and its raw scale in nats varies by task, which the gap removes: 1 = fully restored, 0 = nothing.
 
 Precision: the model runs in its own dtype, but every metric is computed from float32 logits, so a
 float16 or bfloat16 model only adds the rounding of its forward pass. Measured on 3-layer random GPT-2s
@@ -19,6 +34,7 @@ more rounding: when a claim sits near its threshold, run it in float32.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +42,11 @@ import torch
 from .errors import InterpWarning, MetricError, SettingsError, did_you_mean
 from .pairs import TokenizedPairs
 
-METRICS = ("logit_diff", "prob", "kl")
+METRICS = ("logit_diff", "prob", "kl")  # the paper's three: what grids read by default
+BUILTIN_METRICS = (*METRICS, "logprob")  # what every sweep computes
+# Built-in metrics whose effect is normalised by the clean-corrupted gap of the same metric.
+NORMALISED = ("logit_diff", "logprob")
+MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 # Below this gap (in logits) between clean and corrupted logit differences, normalising divides by ~0.
 MIN_LOGIT_DIFF_GAP = 1e-3
 # Largest |half-precision - float32| raw logit-difference effect, in standard deviations of the clean logits.
@@ -35,29 +55,114 @@ HALF_PRECISION_TOLERANCE = {torch.float16: 0.005, torch.bfloat16: 0.02}
 CHANCE_MARGIN = 0.2
 
 
-def check_metric(metric: str) -> str:
-    if metric not in METRICS:
-        raise SettingsError(
-            f"Unknown metric {metric!r}.{did_you_mean(str(metric), METRICS)} Use 'logit_diff' (normalised logit "
-            "difference, recommended), 'prob' (probability of the answer) or 'kl' (KL divergence to the clean run)."
-        )
+@dataclass(frozen=True)
+class UserMetric:
+    """A metric computed by ``fn(logits, answer_mask, wrong_mask) -> [rows]`` (see the module docstring)."""
+
+    name: str
+    fn: MetricFn
+    normalise: bool = True
+
+
+_registered: dict[str, UserMetric] = {}
+
+
+def register_metric(name: str, fn: MetricFn, *, normalise: bool = True) -> UserMetric:
+    """Make ``fn`` usable as ``metric=name`` in ``patch``, grids, circuits and YAML claims (e.g. from a conftest.py).
+
+    ``normalise=True`` divides effects by the clean-corrupted gap of the metric, as for the logit difference;
+    ``False`` keeps ``m_patched - m_corrupted``, as for probability. Registering a name again replaces it.
+    Cached sweeps are keyed by the name, not the code: rename the metric when you change what it computes.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise SettingsError(f"Metric name {name!r} must be an identifier-like string (e.g. 'answer_rank').")
+    if name in BUILTIN_METRICS:
+        raise SettingsError(f"{name!r} is a built-in metric ({', '.join(BUILTIN_METRICS)}): register under another name.")
+    if not callable(fn):
+        raise SettingsError(f"register_metric({name!r}, ...) needs a function fn(logits, answer, wrong), not {fn!r}.")
+    metric = UserMetric(name, fn, bool(normalise))
+    _registered[name] = metric
     return metric
+
+
+def registered_metrics() -> list[str]:
+    return sorted(_registered)
+
+
+Metric = str | MetricFn
+
+
+def user_metric(metric: Metric) -> UserMetric | None:
+    """The user metric ``metric`` names (or is: a plain function, normalised), None for a built-in one.
+
+    An unknown name raises ``SettingsError`` with a did-you-mean over built-in and registered names.
+    """
+    if callable(metric):
+        known = [m for m in _registered.values() if m.fn is metric]
+        return known[0] if known else UserMetric(getattr(metric, "__name__", "custom"), metric)
+    if metric in BUILTIN_METRICS:
+        return None
+    if isinstance(metric, str) and metric in _registered:
+        return _registered[metric]
+    names = [*BUILTIN_METRICS, *registered_metrics()]
+    registered = ", ".join(repr(n) for n in registered_metrics()) or "none"
+    raise SettingsError(
+        f"Unknown metric {metric!r}.{did_you_mean(str(metric), names)} Use 'logit_diff' (normalised logit "
+        "difference, recommended), 'prob' (probability of the answer), 'kl' (KL divergence to the clean run), "
+        f"'logprob' (log-probability of the answer), or a registered metric (registered: {registered}; add one "
+        "with interp_tests.register_metric(name, fn))."
+    )
+
+
+def check_metric(metric: Metric) -> str:
+    """The metric's name, after checking that it exists."""
+    custom = user_metric(metric)
+    return metric if custom is None else custom.name
+
+
+def resolve_metric(metric: Metric) -> tuple[str, tuple[UserMetric, ...]]:
+    """A sweep's metric as its name and the user metrics its runs must compute (none, or that one)."""
+    custom = user_metric(metric)
+    return (metric, ()) if custom is None else (custom.name, (custom,))
+
+
+def normalised_metrics(custom: Sequence[UserMetric]) -> set[str]:
+    """The metrics whose effects are normalised by their clean-corrupted gap, among the built-ins and ``custom``."""
+    return {*NORMALISED, *(m.name for m in custom if m.normalise)}
 
 
 @dataclass(frozen=True)
 class RunStats:
-    """Per-row summaries of a run's final-position distribution."""
+    """Per-row values of a run's final-position distribution, one tensor per metric name."""
 
-    prob: torch.Tensor
-    logit_diff: torch.Tensor
-    kl: torch.Tensor
+    values: Mapping[str, torch.Tensor]
+
+    def __getitem__(self, metric: str) -> torch.Tensor:
+        return self.values[metric]
+
+    @property
+    def prob(self) -> torch.Tensor:
+        return self.values["prob"]
+
+    @property
+    def logit_diff(self) -> torch.Tensor:
+        return self.values["logit_diff"]
+
+    @property
+    def kl(self) -> torch.Tensor:
+        return self.values["kl"]
+
+    @property
+    def logprob(self) -> torch.Tensor:
+        return self.values["logprob"]
 
 
 class AnswerReader:
     """Turns final-position logits into RunStats for the rows of a (possibly repeated) batch."""
 
-    def __init__(self, tokens: TokenizedPairs, vocab_size: int) -> None:
+    def __init__(self, tokens: TokenizedPairs, vocab_size: int, custom: Sequence[UserMetric] = ()) -> None:
         n = tokens.n
+        self.custom = tuple(custom)
         self.good = torch.zeros(n, vocab_size)
         self.bad = torch.zeros(n, vocab_size)
         for i, (answer, wrong) in enumerate(zip(tokens.answer_ids, tokens.wrong_ids)):
@@ -82,10 +187,15 @@ class AnswerReader:
         good, bad = self.good[prompts], self.bad[prompts]
         prob = (logprobs.exp() * good).sum(-1)
         logit_diff = (logits * good).sum(-1) - (logits * bad).sum(-1)
+        # log of the summed answer probability, without the underflow of log(prob) for unlikely answers
+        logprob = torch.logsumexp(logprobs.masked_fill(good == 0, float("-inf")), dim=-1)
         assert self.clean_logprobs is not None, "set_clean() must run before any other run is read"
         clean = self.clean_logprobs[prompts]
         kl = (clean.exp() * (clean - logprobs)).sum(-1)
-        return RunStats(prob=prob, logit_diff=logit_diff, kl=kl)
+        values = {"prob": prob, "logit_diff": logit_diff, "kl": kl, "logprob": logprob}
+        for metric in self.custom:
+            values[metric.name] = _user_values(metric, logits, good > 0, bad > 0)
+        return RunStats(values)
 
     def accuracy(self, clean_logits: torch.Tensor) -> tuple[float, float]:
         """Clean accuracy and its chance level, over each prompt's candidates: its answer and wrong tokens.
@@ -123,22 +233,39 @@ def warn_if_at_chance(accuracy: float, chance: float, *, stacklevel: int = 2) ->
     return True
 
 
-def raw_effects(patched: RunStats, corrupted: RunStats) -> dict[str, torch.Tensor]:
-    """Un-normalised effects, linear in the patched run so they can be summed over layers and prompts.
+def _user_values(metric: UserMetric, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    values = metric.fn(logits, answer, wrong)
+    if not isinstance(values, torch.Tensor) or values.shape != (logits.shape[0],):
+        shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+        raise MetricError(
+            f"Metric {metric.name!r} returned {shape}; it must return a tensor of one value per row, shape "
+            f"({logits.shape[0]},), from logits [rows, vocab] and the answer and wrong masks [rows, vocab]."
+        )
+    if not torch.isfinite(values).all():
+        raise MetricError(
+            f"Metric {metric.name!r} returned NaN or inf for some rows, so no effect under it can be trusted. "
+            "Make it finite (e.g. log-sum-exp instead of the log of a sum that can underflow)."
+        )
+    return values.float()
 
-    ``patched`` fields are [components, n]; ``corrupted`` fields are [n].
+
+def raw_effects(patched: RunStats, corrupted: RunStats) -> dict[str, torch.Tensor]:
+    """Un-normalised effects, linear in the patched run so they can be summed over layers and prompts:
+    ``m_patched - m_corrupted`` for every metric but KL, ``KL_corrupted - KL_patched`` (lower KL is closer to clean).
+
+    ``patched`` values are [components, n]; ``corrupted`` values are [n].
     """
     return {
-        "prob": patched.prob - corrupted.prob,
-        "logit_diff": patched.logit_diff - corrupted.logit_diff,
-        "kl": corrupted.kl - patched.kl,
+        name: corrupted[name] - value if name == "kl" else value - corrupted[name]
+        for name, value in patched.values.items()
     }
 
 
-def check_denominator(gap: float, what: str) -> None:
+def check_denominator(gap: float, what: str, metric: str = "logit_diff") -> None:
     if not abs(gap) > MIN_LOGIT_DIFF_GAP:
+        name = "logit difference" if metric == "logit_diff" else metric
         raise MetricError(
-            f"The normalised logit difference divides by LD_clean - LD_corrupted = {gap:.3g} ({what}), which is "
+            f"The normalised {name} divides by its clean - corrupted gap = {gap:.3g} ({what}), which is "
             f"~0 (|gap| <= {MIN_LOGIT_DIFF_GAP}): the clean and corrupted runs behave the same, so the task "
             "does not separate them and no patching effect is meaningful. Check that `wrong` is the corrupted "
             "prompt's answer and that the corruption changes the key tokens; or use metric='prob' or 'kl'."

@@ -4,13 +4,12 @@ exact patching (``exact.exact_patch``) or attribution patching (``attribution.at
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from .attribution import attribution_patch
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption
-from .engine import Pairs, check_choice
+from .engine import Pairs, Progress, check_choice
 from .errors import SettingsError
 from .exact import exact_patch
+from .metrics import Metric
 from .models import PatchableModel
 from .results import PatchResult
 
@@ -22,7 +21,7 @@ def patch(
     pairs: Pairs,
     component: str = "attn_head",
     corruption: Corruption = "str",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     *,
     positions: str | int = "all",
     window: int = 1,
@@ -30,7 +29,7 @@ def patch(
     seed: int = 0,
     noise_scale: float = DEFAULT_NOISE_SCALE,
     batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
     method: str = "exact",
     grad_drop: bool = False,
 ) -> PatchResult:
@@ -41,8 +40,11 @@ def patch(
     token index, or a named position (``"last"`` or a span name of the pairs). ``direction="denoise"``
     restores clean activations into the corrupted run (the paper's default); ``"noise"`` writes
     corrupted activations into the clean run. ``window=k`` restores ``k`` adjacent layers together
-    (sliding-window patching). All three metrics come from the same runs: ``result.with_metric(...)``.
-    ``progress(done, total)`` is called after each batched forward pass, counting patched runs.
+    (sliding-window patching). Every built-in metric (``logit_diff``, ``prob``, ``kl``, ``logprob``) comes from
+    the same runs, and so does ``metric`` when it is a user metric (a registered name or a function, see
+    ``interp_tests.metrics``): ``result.with_metric(...)``.
+    ``progress=True`` shows a tqdm bar of patched runs; a callable ``progress(done, total)`` is called after each
+    batched forward pass instead.
 
     Rows per forward pass follow ``batch_size`` (default: sized to the device's memory by ``batch_bytes``:
     on a GPU, half its free memory); when the device runs out of memory the pass is retried with half the

@@ -35,18 +35,20 @@ import torch
 
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import ComponentError, InterpWarning, SettingsError, did_you_mean
-from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .engine import (
     OUT_OF_MEMORY,
     Pairs,
+    Progress,
     SharedPrefix,
     eval_mode,
     final_logits,
     halve_after_out_of_memory,
     pass_inputs,
     prepare_sweep,
+    progress_reporter,
     rows_per_pass,
     take_rows,
     run,
@@ -139,12 +141,12 @@ def path_patch(
     receivers: str | Sequence[str],
     senders: str = "attn_head",
     corruption: Corruption = "str",
-    metric: str = "logit_diff",
+    metric: Metric = "logit_diff",
     *,
     seed: int = 0,
     noise_scale: float = DEFAULT_NOISE_SCALE,
     batch_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress = None,
 ) -> PatchResult:
     """Path-patch every attention head (sender) into ``receivers`` and measure how much behaviour each restores.
 
@@ -155,7 +157,7 @@ def path_patch(
     come from the same runs (``.with_metric``). Senders at or above every receiver head's layer have no path
     to them and get effect exactly 0. Denoising only (clean values into the corrupted run), as in the IOI paper.
     See the module docstring for the two stages. ``batch_size`` and ``progress`` are ``patch``'s (rows are
-    (sender, prompt) pairs; each batch costs a stage-1 and a stage-2 forward pass).
+    (sender, prompt) pairs; each batch costs a stage-1 and a stage-2 forward pass; ``progress=True`` shows a bar).
 
     Grouped-query models: a key or value receiver is shared by several query heads and is refused
     (SettingsError); query receivers work.
@@ -182,7 +184,8 @@ def path_patch(
         seed=seed, noise_scale=noise_scale,
     )
     all_prompts = list(range(tokens.n))
-    reader = AnswerReader(tokens, model.shape.vocab_size)
+    name, custom = resolve_metric(metric)
+    reader = AnswerReader(tokens, model.shape.vocab_size, custom)
     with torch.no_grad(), eval_mode(model):
         prefix = shared_prefix(model, tokens, source, target)
         clean_logits, clean_cache = run(model, tokens, source, all_prompts, cache_sites=("head",), prefix=prefix)
@@ -192,14 +195,15 @@ def path_patch(
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
-        patched, per_pass = _path_stats(
-            model, tokens, target, clean_cache, target_cache, prefix, reader, corrupt_stats, accesses, has_logits,
-            per_pass, progress,
-        )
+        with progress_reporter(progress, "path patching") as report:
+            patched, per_pass = _path_stats(
+                model, tokens, target, clean_cache, target_cache, prefix, reader, corrupt_stats, accesses, has_logits,
+                per_pass, report,
+            )
     result = sweep_result(
-        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="path",
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=name, method="path",
         rows_per_pass=per_pass, component="attn_head", positions="all", corruption=corruption,
-        direction="denoise", window=1, seed=seed, noise_scale=noise_scale,
+        direction="denoise", window=1, seed=seed, noise_scale=noise_scale, custom=custom,
     )
     result.settings["receivers"] = [r.label for r in parsed]
     result.settings["senders"] = senders
@@ -223,8 +227,7 @@ def _path_stats(
     """Stats of every (sender, prompt) path-patched run, fields shaped [senders, prompts]; senders without a path
     keep the unpatched (target) stats, so their effects are exactly 0."""
     n_layers, n_heads = model.n_layers, model.n_heads
-    fields = ("prob", "logit_diff", "kl")
-    out = {f: getattr(unpatched, f).repeat(n_layers * n_heads, 1) for f in fields}
+    out = {f: value.repeat(n_layers * n_heads, 1) for f, value in unpatched.values.items()}
     last_head_layer = max(accesses, default=-1)
     # Senders at layer l reach the head receivers above l, and the logits from every layer.
     sender_layers = range(n_layers) if has_logits else range(last_head_layer)
@@ -247,12 +250,12 @@ def _path_stats(
             prompts = torch.tensor([p for _, p in chunk])
             cells = torch.tensor([layer * n_heads + head for head, _ in chunk])
             stats = reader.stats(logits, prompts)
-            for f in fields:
-                out[f][cells, prompts] = getattr(stats, f)
+            for f, value in out.items():
+                value[cells, prompts] = stats[f]
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-    return RunStats(**out), per_pass
+    return RunStats(out), per_pass
 
 
 def _path_run(

@@ -26,6 +26,7 @@ from .files import atomic_write
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
     from matplotlib.image import AxesImage
 
     from .results import PatchResult
@@ -199,15 +200,30 @@ def _clamp(value: float, low: float, high: float) -> float:
     return min(max(value, low), high)
 
 
+def png_bytes(figure: Figure, dpi: float | None = None) -> bytes:
+    """A figure as PNG bytes, through the Agg canvas (no pyplot, no backend change); ``dpi`` None keeps the
+    figure's own."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)  # attaches itself to the figure
+    png = io.BytesIO()
+    figure.savefig(png, format="png", dpi="figure" if dpi is None else dpi)
+    return png.getvalue()
+
+
 def heatmap(result: PatchResult, path: str | os.PathLike, *, sd: float = 2.0, title: str | None = None) -> Path:
-    """Draw ``result`` as a PNG at ``path``: the grid in a diverging colour map centred at 0, detections outlined.
+    """Write ``heatmap_figure(result)`` as a PNG at ``path``, atomically; returns the path."""
+    return atomic_write(path, png_bytes(heatmap_figure(result, sd=sd, title=title)))
+
+
+def heatmap_figure(result: PatchResult, *, sd: float = 2.0, title: str | None = None) -> Figure:
+    """``result`` as a matplotlib Figure: the grid in a diverging colour map centred at 0, detections outlined.
 
     Heads are a layer-by-head heatmap, layers by position a layer-by-position heatmap, heads by position
     one layer-by-head panel per position (a shared colour scale), and layer sweeps a bar chart. Cells
     with ``|z| >= sd`` (either sign) are outlined.
     """
     require_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
@@ -252,9 +268,26 @@ def heatmap(result: PatchResult, path: str | os.PathLike, *, sd: float = 2.0, ti
         image = _draw_matrix(ax, values, detected, norm, xlabel=xlabel, annotate=values.size <= MAX_ANNOTATED_CELLS)
         figure.colorbar(image, ax=ax, label=_metric_label(result.metric))
     figure.suptitle(_caption(result, sd, title), fontsize=9)
-    png = io.BytesIO()
-    FigureCanvasAgg(figure).print_png(png)
-    return atomic_write(path, png.getvalue())
+    return figure
+
+
+def bar_figure(labels: list[str], values: list[float], *, ylabel: str, title: str) -> Figure:
+    """A bar per label (circuit nodes, searched subsets), coloured like the heatmaps: red helps, blue hurts."""
+    require_matplotlib()
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    finite = [abs(v) for v in values if math.isfinite(v)]
+    limit = max(finite + [1e-12])
+    figure = Figure(figsize=(_clamp(2 + 0.5 * len(labels), 5, 16), 4), layout="constrained")
+    ax = figure.add_subplot()
+    ax.bar(range(len(values)), values, color=colormaps[COLOUR_MAP](Normalize(-limit, limit)(values)))
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 8 else 0, ha="right" if len(labels) > 8 else "center")
+    ax.set_ylabel(ylabel)
+    figure.suptitle("\n".join(textwrap.fill(line, 90) for line in title.splitlines()), fontsize=9)
+    return figure
 
 
 # -- both --------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Patching results: effects per prompt and component, the paper's detection rule, save and load.
 
-A result stores un-normalised effects (linear in the patched run) for all three metrics, so switching
-metric, summing over sliding windows or resampling prompts never needs the model again.
+A result stores un-normalised effects (linear in the patched run) for every metric of its sweep, and the
+per-prompt clean-corrupted gaps of the normalised ones, so switching metric, summing over sliding windows or
+resampling prompts never needs the model again.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from . import display
 from .claims import Claims
 from .components import ComponentGrid, make_grid
 from .errors import ResultFileError, SettingsError
@@ -30,7 +32,9 @@ class PatchResult(Claims):
     ``per_prompt`` is ``[n_prompts, *grid]``; ``mean`` is ``grid``-shaped, e.g. ``[n_layers, n_heads]``.
     For the normalised logit difference, ``mean`` normalises the batch means (as Wang et al. 2023 and the
     TransformerLens demos do) while ``per_prompt`` normalises each prompt by its own denominator; prompts
-    whose own denominator is ~0 are NaN there and listed in ``degenerate_prompts``.
+    whose own denominator is ~0 are NaN there and listed in ``degenerate_prompts``. Other normalised metrics
+    (``logprob``, user metrics registered with ``normalise=True``) are normalised the same way, by their own
+    per-prompt gaps ``gaps[metric] = m_clean - m_corrupted``; a metric without a gap is not normalised.
     """
 
     def __init__(
@@ -42,15 +46,19 @@ class PatchResult(Claims):
         ld_corrupted: np.ndarray,
         grid: ComponentGrid,
         settings: dict[str, Any],
+        gaps: dict[str, np.ndarray] | None = None,
     ) -> None:
-        self.metric = check_metric(metric)
         self.effects = {k: np.asarray(v, dtype=np.float64) for k, v in effects.items()}
+        # A result read back from a file names its metrics itself; a user metric need not be registered here.
+        self.metric = metric if isinstance(metric, str) and metric in self.effects else check_metric(metric)
         self.ld_clean = np.asarray(ld_clean, dtype=np.float64)
         self.ld_corrupted = np.asarray(ld_corrupted, dtype=np.float64)
+        self.gaps = {k: np.asarray(v, dtype=np.float64) for k, v in (gaps or {}).items()}
         self.grid = grid
-        self.settings = dict(settings, metric=metric)
-        if metric == "logit_diff":
-            check_denominator(self.ld_clean.mean() - self.ld_corrupted.mean(), "batch means")
+        self.settings = dict(settings, metric=self.metric)
+        gap = self.gap
+        if gap is not None:
+            check_denominator(float(gap.mean()), "batch means", self.metric)
 
     # -- views -----------------------------------------------------------------------------------
     def with_metric(self, metric: str) -> PatchResult:
@@ -58,14 +66,20 @@ class PatchResult(Claims):
 
         Attribution estimates hold one metric only (AtP takes one backward pass per metric).
         """
-        if check_metric(metric) not in self.effects:
+        if metric not in self.effects:
+            name = check_metric(metric)
+            why = (
+                "attribution patching estimates one metric per backward pass"
+                if self.is_estimate
+                else "a sweep computes the built-in metrics and the user metric it was asked for"
+            )
             raise SettingsError(
-                f"This result holds {', '.join(sorted(self.effects))} effects only, not {metric!r}: attribution "
-                f"patching estimates one metric per backward pass. Rerun it with metric={metric!r}."
+                f"This result holds {', '.join(sorted(self.effects))} effects only, not {name!r}: {why}. Rerun it "
+                f"with metric={name!r}."
             )
         return PatchResult(
             metric=metric, effects=self.effects, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted,
-            grid=self.grid, settings=self.settings,
+            grid=self.grid, settings=self.settings, gaps=self.gaps,
         )
 
     @property
@@ -98,25 +112,34 @@ class PatchResult(Claims):
         return self.ld_clean - self.ld_corrupted
 
     @property
+    def gap(self) -> np.ndarray | None:
+        """Per-prompt ``m_clean - m_corrupted`` of this metric when it is normalised, else None."""
+        if self.metric == "logit_diff":
+            return self.denominators
+        return self.gaps.get(self.metric)
+
+    @property
     def degenerate_prompts(self) -> list[int]:
-        """Prompts whose own logit-difference gap is ~0, NaN in the normalised ``per_prompt``."""
-        return [int(i) for i in np.flatnonzero(~(np.abs(self.denominators) > MIN_LOGIT_DIFF_GAP))]
+        """Prompts whose own gap (the logit difference's, for an unnormalised metric) is ~0: NaN in the
+        normalised ``per_prompt``."""
+        gap = self.denominators if self.gap is None else self.gap
+        return [int(i) for i in np.flatnonzero(~(np.abs(gap) > MIN_LOGIT_DIFF_GAP))]
 
     @property
     def per_prompt(self) -> np.ndarray:
         raw = self.effects[self.metric]
-        if self.metric != "logit_diff":
+        if self.gap is None:
             return raw
-        den = self.denominators.copy()
+        den = self.gap.copy()
         den[self.degenerate_prompts] = np.nan
         return raw / self._expand(den)
 
     @property
     def mean(self) -> np.ndarray:
         raw = self.effects[self.metric]
-        if self.metric != "logit_diff":
+        if self.gap is None:
             return raw.mean(axis=0)
-        return raw.mean(axis=0) / (self.ld_clean.mean() - self.ld_corrupted.mean())
+        return raw.mean(axis=0) / self.gap.mean()
 
     # -- detection -------------------------------------------------------------------------------
     @property
@@ -178,7 +201,7 @@ class PatchResult(Claims):
         }
         return PatchResult(
             metric=self.metric, effects=summed, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted,
-            grid=grid, settings=dict(self.settings, window=window, window_sum=True),
+            grid=grid, settings=dict(self.settings, window=window, window_sum=True), gaps=self.gaps,
         )
 
     # -- display ---------------------------------------------------------------------------------
@@ -199,11 +222,50 @@ class PatchResult(Claims):
     def __repr__(self) -> str:
         return f"PatchResult({self.describe_settings()}, shape={self.shape})"
 
+    # -- notebooks -------------------------------------------------------------------------------
+    def plot(self, sd: float = 2.0, title: str | None = None) -> Any:
+        """The report heatmap as a matplotlib Figure (``reports.heatmap_figure``; needs the plots extra)."""
+        from .reports import heatmap_figure
+
+        return heatmap_figure(self, sd=sd, title=title)
+
+    @property
+    def columns(self) -> list[str]:
+        """``to_dataframe``'s columns: ``label``, the grid's axes (``layer``, ``head``, ``position``), ``effect``,
+        ``z``, ``rank``."""
+        return ["label", *("position" if axis == "pos" else axis for axis in self.grid.axes), "effect", "z", "rank"]
+
+    def component_rows(self) -> list[dict[str, Any]]:
+        """One dict per component, in ``labels`` order, with ``columns`` as keys (rank 1 = largest effect)."""
+        axes = self.columns[1:-3]
+        effect, z = self.mean.reshape(-1), self.zscores.reshape(-1)
+        ranks = (-effect).argsort(kind="stable").argsort() + 1
+        return [
+            {"label": label, **dict(zip(axes, map(int, np.unravel_index(i, self.shape)))),
+             "effect": float(effect[i]), "z": float(z[i]), "rank": int(ranks[i])}
+            for i, label in enumerate(self.labels)
+        ]
+
+    def to_dataframe(self) -> Any:
+        """``component_rows()`` as a pandas DataFrame, one row per component (needs the pandas extra)."""
+        return display.dataframe(self.component_rows(), self.columns)
+
+    def _repr_html_(self) -> str:
+        top = self.table(10).splitlines()[1:]
+        rows = [line.split() for line in top]
+        return display.block(
+            "PatchResult" + (" (estimate)" if self.is_estimate else ""),
+            [self.describe_settings(), f"detected at 2 SD: {', '.join(self.detected(2.0)) or 'none'}"],
+            display.table(["rank", "component", "effect", "z"], rows),
+            display.inline_figure(self.plot),
+        )
+
     # -- persistence -----------------------------------------------------------------------------
     def to_bytes(self) -> bytes:
         """The lossless ``.npz`` form (arrays plus JSON metadata: settings, grid, format version) that ``load`` reads."""
         meta = {"format_version": FORMAT_VERSION, "metric": self.metric, "grid": asdict(self.grid), "settings": self.settings}
         arrays = {f"effects_{k}": v for k, v in self.effects.items()}
+        arrays.update({f"gaps_{k}": v for k, v in self.gaps.items()})
         buffer = io.BytesIO()
         np.savez(buffer, ld_clean=self.ld_clean, ld_corrupted=self.ld_corrupted, meta=np.array(json.dumps(meta)), **arrays)
         return buffer.getvalue()
@@ -218,6 +280,7 @@ class PatchResult(Claims):
             with np.load(path, allow_pickle=False) as data:
                 meta = json.loads(str(data["meta"]))
                 effects = {k[len("effects_"):]: data[k] for k in data.files if k.startswith("effects_")}
+                gaps = {k[len("gaps_"):]: data[k] for k in data.files if k.startswith("gaps_")}
                 ld_clean, ld_corrupted = data["ld_clean"], data["ld_corrupted"]
         except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
             raise ResultFileError(f"{path} is not a readable PatchResult file ({error}). Recompute it.") from None
@@ -225,5 +288,5 @@ class PatchResult(Claims):
             raise ResultFileError(f"{path} has result format {meta.get('format_version')}, expected {FORMAT_VERSION}. Recompute it.")
         return cls(
             metric=meta["metric"], effects=effects, ld_clean=ld_clean, ld_corrupted=ld_corrupted,
-            grid=ComponentGrid(**meta["grid"]), settings=meta["settings"],
+            grid=ComponentGrid(**meta["grid"]), settings=meta["settings"], gaps=gaps,
         )

@@ -23,15 +23,15 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import engine, patching
+from . import display, engine, patching
 from .claims import GridClaims
 from .corruptions import DEFAULT_NOISE_SCALE, NAMES, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import MetricError, SettingsError
 from .files import atomic_write
-from .metrics import METRICS, check_metric
+from .metrics import BUILTIN_METRICS, METRICS, Metric, check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
-from .reports import COLOUR_MAP, require_matplotlib
+from .reports import COLOUR_MAP, png_bytes, require_matplotlib
 from .results import PatchResult
 from .signs import check_sign
 from .specs import TaskSpec
@@ -111,7 +111,7 @@ def grid(
     component: str = "attn_head",
     *,
     corruptions: Sequence[Corruption] = ("str", "gn"),
-    metrics: Sequence[str] = METRICS,
+    metrics: Sequence[Metric] = METRICS,
     corrupt_tokens: Sequence[str] | str | None = None,
     sd: float = 2.0,
     sweep: Sweep | None = None,
@@ -123,7 +123,8 @@ def grid(
     ``{"name": "ioi", "n": 64, "seed": 0}`` (its generator from ``interp_tests.tasks.TASKS`` is called with
     ``corrupt=`` each choice and this model's tokenizer), or a callable ``corrupt_tokens -> PromptPairs``
     (called with each choice, or once with None). Each (corruption, choice) costs one sweep; the metrics are
-    read from it for free (attribution estimates, ``method="attribution"``, take one sweep per metric). A
+    read from it for free (attribution estimates, ``method="attribution"``, take one sweep per metric; a sweep
+    computes one user metric besides the built-ins, so each further user metric costs one more sweep). A
     setting whose metric cannot be computed honestly (a ``MetricError``, e.g. a logit-difference denominator
     of ~0) is recorded in ``Grid.invalid`` with the reason. ``patch_kwargs`` go to ``patch`` (positions,
     window, direction, seed, noise_scale, batch_size, progress, method, grad_drop). ``sweep`` replaces
@@ -133,6 +134,7 @@ def grid(
     if clash:
         raise SettingsError(f"grid() varies {sorted(clash)} itself: use corruptions=[...] and metrics=[...].")
     corruptions = _unique("corruptions", corruptions, corruption_name)
+    by_name = {check_metric(m): m for m in metrics}  # names, and the functions a callable metric names
     metrics = _unique("metrics", [check_metric(m) for m in metrics], str)
     if isinstance(corrupt_tokens, str):
         corrupt_tokens = [corrupt_tokens]
@@ -147,12 +149,9 @@ def grid(
         for corruption in corruptions:
             keys = [Setting(corruption_name(corruption), choice, metric) for metric in metrics]
             settings += keys
-            # An exact sweep measures every metric at once (read as "prob", which never raises, then switched);
-            # an attribution estimate needs one sweep per metric.
-            exact = patch_kwargs.get("method", "exact") == "exact"
-            for group in [keys] if exact else [[key] for key in keys]:
+            for asked, group in _sweep_groups(keys, patch_kwargs.get("method", "exact") == "exact"):
                 try:
-                    result = sweep(model, tokens, component, corruption, "prob" if exact else group[0].metric, **patch_kwargs)
+                    result = sweep(model, tokens, component, corruption, by_name.get(asked, asked), **patch_kwargs)
                 except MetricError as error:
                     invalid.update((key, str(error)) for key in group)
                     continue
@@ -162,6 +161,22 @@ def grid(
                     except MetricError as error:
                         invalid[key] = str(error)
     return Grid(component=component, sd=sd, settings=tuple(settings), results=results, invalid=invalid)
+
+
+def _sweep_groups(keys: list[Setting], exact: bool) -> list[tuple[str, list[Setting]]]:
+    """Which sweeps serve which settings: (the metric to sweep under, the settings read from that sweep).
+
+    An exact sweep measures every built-in metric at once and one user metric besides, so the built-ins ride
+    on the first user metric's sweep (or on "prob", which never raises, when there is none) and each further
+    user metric takes a sweep of its own; an attribution estimate needs one sweep per metric.
+    """
+    if not exact:
+        return [(key.metric, [key]) for key in keys]
+    builtin = [key for key in keys if key.metric in BUILTIN_METRICS]
+    custom = [key for key in keys if key not in builtin]
+    if not custom:
+        return [("prob", builtin)]
+    return [(custom[0].metric, [*builtin, custom[0]]), *((key.metric, [key]) for key in custom[1:])]
 
 
 def _names(labels: Sequence[str]) -> str:
@@ -263,6 +278,38 @@ class Grid(GridClaims):
     def __str__(self) -> str:
         return self.table()
 
+    # -- notebooks --------------------------------------------------------------------------------
+    def to_dataframe(self, sd: float | None = None) -> Any:
+        """One row per valid setting and component: ``corruption``, ``corrupt_tokens``, ``metric``, then the
+        ``PatchResult.to_dataframe`` columns and ``detected_positive``/``detected_negative`` at ``sd`` (needs pandas)."""
+        sd = self._sd(sd)
+        rows, columns = [], ["corruption", "corrupt_tokens", "metric"]
+        for s in self.settings:
+            if s not in self.results:
+                continue
+            result = self.results[s]
+            columns += [c for c in result.columns if c not in columns]
+            for row in result.component_rows():
+                rows.append({**s._asdict(), **row, "detected_positive": row["z"] >= sd, "detected_negative": -row["z"] >= sd})
+        return display.dataframe(rows, [*columns, "detected_positive", "detected_negative"])
+
+    def _repr_html_(self) -> str:
+        sd = self.sd
+        rows = []
+        for s in self.settings:
+            if s in self.invalid:
+                rows.append((str(s), f"invalid: {_first_sentence(self.invalid[s])}", ""))
+            else:
+                r = self.results[s]
+                rows.append((str(s), _names(r.detected(sd, "positive")), _names(r.detected(sd, "negative"))))
+        return display.block(
+            f"Grid of {self.component} sweeps",
+            [f"{len(self.settings)} settings; detections at {sd:g} SD; robust in all: "
+             f"{', '.join(self.robust_components()) or 'none'}"],
+            display.table(["setting", "positive", "negative"], rows),
+            display.inline_figure(self.plot),
+        )
+
     # -- saving -----------------------------------------------------------------------------------
     def save(self, directory: str | Path, sd: float | None = None) -> tuple[Path, Path]:
         """Write ``grid.csv`` (one row per valid setting and component) and ``grid.json`` (everything,
@@ -297,8 +344,12 @@ class Grid(GridClaims):
         return csv_path, json_path
 
     def figure(self, path: str | Path, sd: float | None = None) -> Path:
-        """A PNG of small-multiple heatmaps, one per setting (rows: corruption and corrupted tokens;
-        columns: metrics), '+'/'-' on detected components.
+        """Write ``plot(sd)`` as a PNG at ``path``, atomically; returns the path."""
+        return atomic_write(path, png_bytes(self.plot(sd), dpi=100))
+
+    def plot(self, sd: float | None = None) -> Any:
+        """A matplotlib Figure of small-multiple heatmaps, one per setting (rows: corruption and corrupted
+        tokens; columns: metrics), '+'/'-' on detected components.
 
         Each metric column shares one colour scale symmetric about 0; metrics have different units, so
         they do not share one with each other. Without matplotlib, raises ``PlotsUnavailableError``.
@@ -327,9 +378,7 @@ class Grid(GridClaims):
                 image = _heatmap(ax, self.results[setting], vmax, sd)
             if image is not None:
                 figure.colorbar(image, ax=list(axes[:, c]), shrink=0.8, label=metric)
-        png = io.BytesIO()
-        figure.savefig(png, format="png", dpi=100)
-        return atomic_write(path, png.getvalue())
+        return figure
 
 
 def _heatmap(ax: Any, result: PatchResult, vmax: float, sd: float) -> Any:

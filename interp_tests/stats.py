@@ -118,7 +118,8 @@ def bootstrap(
 
     Resample ``b`` takes the prompts ``idx[b]`` with ``idx = np.random.default_rng(seed).integers(0, n,
     (n_resamples, n))``. Each resample's map is computed as ``PatchResult.mean`` does: for the logit
-    difference, the resampled batch mean of raw effects over the resampled mean gap LD_clean - LD_corrupted.
+    difference (and other normalised metrics), the resampled batch mean of raw effects over the resampled mean
+    gap m_clean - m_corrupted.
     """
     if not isinstance(n_resamples, int) or n_resamples < 2:
         raise SettingsError(f"n_resamples={n_resamples!r} must be an integer >= 2.")
@@ -132,13 +133,13 @@ def bootstrap(
     np.add.at(counts, (np.arange(n_resamples)[:, None], idx), 1.0)
     means = counts @ _flat_effects(result) / n  # [resamples, components]
     n_degenerate = 0
-    if result.metric == "logit_diff":
-        gaps = counts @ result.denominators / n
+    if result.gap is not None:
+        gaps = counts @ result.gap / n
         valid = np.abs(gaps) > MIN_LOGIT_DIFF_GAP
         n_degenerate = int((~valid).sum())
         if not valid.any():
             raise MetricError(
-                "Every bootstrap resample has a logit-difference denominator of ~0; use metric='prob' or 'kl'."
+                f"Every bootstrap resample has a {result.metric} denominator of ~0; use metric='prob' or 'kl'."
             )
         means = means[valid] / gaps[valid, None]
     centred = means - means.mean(axis=1, keepdims=True)
@@ -245,7 +246,7 @@ class Significance:
 def significance(result: PatchResult, *, method: str = "holm", alpha: float = 0.05) -> Significance:
     """One-sample t-test and Wilcoxon signed-rank test of each component's per-prompt effect against 0.
 
-    For the logit difference the per-prompt normalised effects are tested, without the prompts whose own
+    For the logit difference (and any other normalised metric) the per-prompt normalised effects are tested, without the prompts whose own
     denominator is ~0. A component whose effects are all exactly 0 gets p = 1 in both tests.
     """
     if method not in CORRECTIONS:
@@ -253,7 +254,7 @@ def significance(result: PatchResult, *, method: str = "holm", alpha: float = 0.
     if not 0 < alpha < 1:
         raise SettingsError(f"alpha={alpha!r} must lie strictly between 0 and 1.")
     per_prompt = result.per_prompt.reshape(result.n_prompts, -1)
-    dropped = tuple(result.degenerate_prompts) if result.metric == "logit_diff" else ()
+    dropped = tuple(result.degenerate_prompts) if result.gap is not None else ()
     x = np.delete(per_prompt, dropped, axis=0)
     if x.shape[0] < 2:
         raise MetricError(

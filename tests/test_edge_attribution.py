@@ -84,7 +84,7 @@ def test_eap_ig_converges_as_steps_grow():
 def _receiver_attribution(model, receiver, i):
     """(input_r(corrupted) - input_r(clean)) . dLD/d(input_r) at the clean run, through receiver r only."""
     hf, tok = model.hf, model.tokenizer
-    L, dh = model.n_layers, model.shape.d_head
+    dh = model.shape.d_head
     clean = torch.tensor([tok(PADDED.clean[i])["input_ids"]])
     corrupt = torch.tensor([tok(PADDED.corrupted[i])["input_ids"]])
     a, w = tok.convert_tokens_to_ids(PADDED.answer[i]), tok.convert_tokens_to_ids(PADDED.wrong[i])

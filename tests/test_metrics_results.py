@@ -37,8 +37,8 @@ def test_run_stats_match_hand_computation():
 
 
 def test_effects_and_normalisation_by_hand():
-    corrupted = RunStats(prob=torch.tensor([0.1, 0.2]), logit_diff=torch.tensor([-1.0, -2.0]), kl=torch.tensor([2.0, 3.0]))
-    patched = RunStats(prob=torch.tensor([[0.5, 0.2]]), logit_diff=torch.tensor([[1.0, -1.0]]), kl=torch.tensor([[0.5, 3.0]]))
+    corrupted = RunStats({"prob": torch.tensor([0.1, 0.2]), "logit_diff": torch.tensor([-1.0, -2.0]), "kl": torch.tensor([2.0, 3.0])})
+    patched = RunStats({"prob": torch.tensor([[0.5, 0.2]]), "logit_diff": torch.tensor([[1.0, -1.0]]), "kl": torch.tensor([[0.5, 3.0]])})
     effects = {k: v.T.numpy() for k, v in raw_effects(patched, corrupted).items()}
     grid = make_grid("mlp", "all", n_layers=1, n_heads=1, seq_len=4)
     result = PatchResult(metric="logit_diff", effects=effects, ld_clean=np.array([3.0, 2.0]),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -129,12 +130,26 @@ def _glob_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(f"(?:^|/){body}$")
 
 
+def _progress_writer(config: pytest.Config) -> Callable[[str], None] | None:
+    """Under ``-v``, long computations report progress as lines on the terminal (none under xdist workers,
+    which have no terminal)."""
+    if config.option.verbose < 1:
+        return None
+
+    def write(line: str) -> None:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line)
+
+    return write
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
     config.pluginmanager.register(fixtures, "interp_tests.fixtures")
     config.pluginmanager.register(baselines, "interp_tests.baselines")
-    config.stash[SESSION_KEY] = InterpSession(read_options(config))
+    config.stash[SESSION_KEY] = InterpSession(read_options(config), _progress_writer(config))
     config.stash[_PATTERNS] = [_glob_regex(p) for p in config.getini("interp_yaml_patterns")]
     config.pluginmanager.register(ClaimsSummary(config), "interp_tests.summary")
 

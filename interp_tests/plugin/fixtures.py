@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..models import PatchableModel
     from ..pairs import PromptPairs, TokenizedPairs
     from ..engine import Pairs
+    from ..metrics import Metric
     from ..results import PatchResult
     from ..robustness import Grid, OffDistribution, PairsSource
 
@@ -106,14 +107,30 @@ def remote_message() -> str:
 class InterpSession:
     """Models, prompt pairs and sweeps of one pytest process, each made once."""
 
-    def __init__(self, options: InterpOptions) -> None:
+    def __init__(self, options: InterpOptions, write_line: Callable[[str], None] | None = None) -> None:
         self.options = options
+        self._write_line = write_line  # where progress lines go (pytest -v's terminal), or None for silence
         self._models: dict[str, PatchableModel | InterpError] = {}
         self._pairs: dict[str, PromptPairs] = {}
         self._sweeps: dict[str, PatchResult] = {}
         self._distributions: dict[str, OffDistribution] = {}
         self._verifications: dict[tuple[str, int], AttributionComparison] = {}
         self._results: dict[str, Any] = {}  # circuit scores, subset searches, path patching, by cache key
+
+    def progress(self, what: str) -> Callable[[int, int], None] | None:
+        """A ``progress(done, total)`` that writes ``what`` and its count at each quarter of a computation."""
+        write = self._write_line
+        if write is None:
+            return None
+        shown = [0]
+
+        def report(done: int, total: int) -> None:
+            quarter = 4 * done // max(total, 1)
+            if quarter > shown[0]:
+                shown[0] = quarter
+                write(f"interp: {what}: {done}/{total} patched runs")
+
+        return report
 
     def model(self, spec: str | None, *, base_dir: Path | None = None) -> PatchableModel:
         """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable."""
@@ -157,7 +174,7 @@ class InterpSession:
         *,
         component: str = "attn_head",
         corruption: Corruption = "str",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         positions: str | int = "all",
         window: int = 1,
         direction: str = "denoise",
@@ -176,7 +193,8 @@ class InterpSession:
         otherwise the result carries the exact effects for those components.
         """
         from .. import __version__, engine, patching
-        from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..corruptions import DEFAULT_NOISE_SCALE, corruption_name
+        from ..metrics import BUILTIN_METRICS, resolve_metric
         from .cache import SweepCache, sweep_key
 
         if verify_top is not None and method != "attribution":
@@ -190,10 +208,11 @@ class InterpSession:
         tokens = engine.tokenize(model, pairs)
 
         def compute() -> PatchResult:
+            what = f"{method} sweep of {component} ({corruption_name(corruption)}) on {model.name}"
             return patching.patch(
                 model, tokens, component, corruption, metric, positions=positions, window=window,
                 direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size, method=method,
-                grad_drop=grad_drop,
+                grad_drop=grad_drop, progress=self.progress(what),
             )
 
         if not isinstance(corruption, str):
@@ -213,8 +232,11 @@ class InterpSession:
             "seed": seed,
             "method": method,
         }
+        name, custom = resolve_metric(metric)
         if method == "attribution":  # an estimate holds one metric
-            settings.update(metric=metric, grad_drop=grad_drop)
+            settings.update(metric=name, grad_drop=grad_drop)
+        else:  # an exact sweep holds the built-in metrics and the user metric it was asked for, keyed by name
+            settings["metrics"] = [*BUILTIN_METRICS, *(m.name for m in custom)]
         if corruption == "gn":
             settings["noise_scale"] = noise_scale
         key = sweep_key(settings)
@@ -238,7 +260,7 @@ class InterpSession:
         record.sweeps.append(status)
         if corruption == "gn":
             _warn_off_distribution(self._off_distribution(model, tokens, settings))
-        result = self._sweeps[key].with_metric(metric)
+        result = self._sweeps[key].with_metric(name)
         result.settings["model"] = model.name
         if verify_top is not None:
             result = self._verified(model, tokens, result, key, verify_top, verify_tolerance, batch_size, record)
@@ -290,7 +312,7 @@ class InterpSession:
         *,
         test: str = "sufficiency",
         ablation: str = "resample",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         corruption: str = "str",
         universe: Sequence[str] | None = None,
         groups: dict[str, Sequence[str]] | None = None,
@@ -304,13 +326,14 @@ class InterpSession:
         from ..circuit_results import CircuitResult
         from ..circuits import Circuit
         from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..metrics import check_metric
 
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
         tokens = engine.tokenize(model, pairs)
         circuit = Circuit(nodes, groups=groups)
         settings = self._key_settings(
             model, tokens, "circuit", circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
-            test=test, ablation=ablation, metric=metric, corruption=corruption,
+            test=test, ablation=ablation, metric=check_metric(metric), corruption=corruption,
             universe=None if universe is None else Circuit(universe).labels, seed=seed, noise_scale=noise_scale,
         )
 
@@ -318,6 +341,7 @@ class InterpSession:
             return circuit_patch(
                 model, tokens, circuit, test=test, ablation=ablation, metric=metric, corruption=corruption,
                 universe=universe, seed=settings["seed"], noise_scale=noise_scale, batch_size=batch_size,
+                progress=self.progress(f"{test} of circuit {circuit} on {model.name}"),
             )
 
         result = self._cached(settings, compute, CircuitResult.from_bytes, record)
@@ -339,20 +363,22 @@ class InterpSession:
         from .. import circuit_patching, engine
         from ..circuit_results import Completeness, Minimality
         from ..circuits import Circuit
+        from ..metrics import check_metric
 
         tokens = engine.tokenize(model, pairs)
         circuit = Circuit(nodes, groups=groups)
         batch_size = settings.pop("batch_size", None)
         key = self._key_settings(
             model, tokens, search, circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
-            **{"seed": 0, **settings},
+            **{"seed": 0, **settings, "metric": check_metric(settings.get("metric", "logit_diff"))},
         )
         settings["seed"] = key["seed"]
         function = getattr(circuit_patching, search)
         result_type = Completeness if search == "completeness" else Minimality
 
         def compute() -> Any:
-            return function(model, tokens, circuit, batch_size=batch_size, **settings)
+            progress = self.progress(f"{search} of circuit {circuit} on {model.name}")
+            return function(model, tokens, circuit, batch_size=batch_size, progress=progress, **settings)
 
         return self._cached(key, compute, result_type.from_bytes, record)
 
@@ -364,7 +390,7 @@ class InterpSession:
         receivers: Sequence[str],
         *,
         corruption: str = "str",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         seed: int = 0,
         noise_scale: float | None = None,
         batch_size: int | None = None,
@@ -372,23 +398,27 @@ class InterpSession:
         """``path_patch()`` (every head a sender) through the memo and the disk cache."""
         from .. import engine
         from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..metrics import BUILTIN_METRICS, resolve_metric
         from ..paths import path_patch
         from ..results import PatchResult
 
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
         tokens = engine.tokenize(model, pairs)
+        name, custom = resolve_metric(metric)
         settings = self._key_settings(
-            model, tokens, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale
+            model, tokens, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale,
+            metrics=[*BUILTIN_METRICS, *(m.name for m in custom)],
         )
 
         def compute() -> PatchResult:
             return path_patch(
                 model, tokens, receivers, corruption=corruption, metric=metric, seed=settings["seed"],
                 noise_scale=noise_scale, batch_size=batch_size,
+                progress=self.progress(f"path patching into {', '.join(receivers)} on {model.name}"),
             )
 
         result = self._cached(settings, compute, lambda data: PatchResult.load(io.BytesIO(data)), record)
-        result = result.with_metric(metric)
+        result = result.with_metric(name)
         result.settings["model"] = model.name
         return result
 
@@ -680,7 +710,7 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         pairs: Pairs | None = None,
         component: str = "attn_head",
         corruption: Corruption = "str",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         *,
         positions: str | int = "all",
         window: int = 1,
@@ -771,7 +801,7 @@ class CircuitFixture:
         *,
         test: str = "sufficiency",
         ablation: str = "resample",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         corruption: str = "str",
         universe: Sequence[str] | None = None,
         groups: dict[str, Sequence[str]] | None = None,
@@ -827,7 +857,7 @@ def interp_path(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         pairs: Pairs | None = None,
         *,
         corruption: str = "str",
-        metric: str = "logit_diff",
+        metric: Metric = "logit_diff",
         seed: int = 0,
         noise_scale: float | None = None,
         batch_size: int | None = None,

@@ -24,7 +24,7 @@ Schema::
         sweep:               # optional: patch() settings, defaults shown
           component: attn_head   # attn_head | attn | mlp | resid
           corruption: str        # str (symmetric token replacement) | gn (Gaussian noise)
-          metric: logit_diff     # logit_diff | prob | kl
+          metric: logit_diff     # logit_diff | prob | kl | logprob | a name given to register_metric
           positions: all         # all | each | a token index | last | a span name of the task
           window: 1              # adjacent layers restored together (attn and mlp only)
           direction: denoise     # denoise | noise
@@ -329,7 +329,7 @@ FieldTypes = dict[str, tuple[Callable[[Any], bool], str]]
 SWEEP_TYPES: FieldTypes = {
     "component": (_is_str, "a component kind: attn_head, attn, mlp or resid"),
     "corruption": (_is_str, "a corruption name: str or gn"),
-    "metric": (_is_str, "a metric name: logit_diff, prob or kl"),
+    "metric": (_is_str, "a metric name: logit_diff, prob, kl, logprob, or one registered with register_metric"),
     "positions": (lambda v: _is_str(v) or _is_int(v), "all, each, a token index or a span name"),
     "window": (_is_positive_int, "a positive integer (e.g. window: 3)"),
     "direction": (_is_str, "denoise or noise"),
