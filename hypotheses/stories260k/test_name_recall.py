@@ -48,3 +48,13 @@ def test_head_2_6_is_the_name_recall_head(model, pairs):
 def test_three_heads_restore_and_carry_name_recall(interp_circuit, model, pairs, test, at_least):
     result = interp_circuit(["2.6", "4.0", "4.4"], model, pairs, test=test)
     result.assert_score(at_least=at_least)  # measured 0.967, 0.967 and 0.891
+
+
+def test_name_recall_edges_run_through_head_2_6s_values(model, pairs):
+    """Edge level (EAP-IG, 1701 edges; key and value receivers are KV heads: 2.3.v is read by query heads 2.6
+    and 2.7): the name reaches 2.6's value input from the embeddings and mlp.0, and 2.6 writes to the logits."""
+    scores = it.edge_attribution(model, pairs, method="eap_ig", steps=5)
+    scores.assert_in_top("embed->2.3.v", "mlp.0->2.3.v", "2.6->logits", k=4)  # ranks 1, 3, 4
+    curve = it.faithfulness_curve(model, pairs, scores)
+    curve.assert_faithful(at_fraction=0.02, at_least=0.8)  # 34 edges: 0.875
+    curve.assert_cmd(at_most=0.05)  # measured 0.014
