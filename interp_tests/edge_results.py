@@ -10,6 +10,7 @@ import numpy as np
 
 from .edge_claims import CurveClaims, EdgeScoreClaims, TopCircuit
 from .errors import ComponentError, SettingsError, did_you_mean
+from .files import atomic_write
 
 RANKINGS = ("abs", "signed")
 
@@ -123,17 +124,22 @@ class FaithfulnessCurve(CurveClaims):
         lines += [f"  {f:>9g} {n:>7} {s:>8.3f} {a:>8.3f}" for f, n, s, a in zip(self.fractions, self.sizes, self.signed, self.abs)]
         return "\n".join(lines)
 
-    def plot(self, path: str | Path) -> Path:
-        """Both curves against the fraction of edges (log x), saved as a PNG; needs matplotlib (the plots extra)."""
+    def figure(self, path: str | Path) -> Path:
+        """Write ``plot()`` as a PNG at ``path``, atomically; returns the path."""
+        from .reports import png_bytes
+
+        return atomic_write(path, png_bytes(self.plot(), dpi=120))
+
+    def plot(self) -> Any:
+        """A matplotlib Figure of both curves against the fraction of edges (log x); needs matplotlib (the plots
+        extra), as every result's ``plot()`` does."""
         from .reports import require_matplotlib
 
         require_matplotlib()
-        import matplotlib
+        from matplotlib.figure import Figure  # the object API: no pyplot, no global backend change
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        figure = Figure(figsize=(5, 3.5), layout="constrained")
+        ax = figure.subplots()
         ax.plot(self.fractions, self.signed, marker="o", label=f"signed ranking (CPR {self.cpr:.3f})")
         ax.plot(self.fractions, self.abs, marker="s", label=f"|score| ranking (CMD {self.cmd:.3f})")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
@@ -141,8 +147,4 @@ class FaithfulnessCurve(CurveClaims):
         ax.set_xlabel("fraction of edges kept")
         ax.set_ylabel("faithfulness")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = Path(path)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
+        return figure

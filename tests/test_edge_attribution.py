@@ -181,7 +181,7 @@ def planted_model() -> it.PatchableModel:
     return it.load_model(hf, tokenizer=word_tokenizer())
 
 
-def test_a_planted_edge_circuit_is_recovered():
+def test_a_planted_edge_circuit_is_recovered(tmp_path):
     model = planted_model()
     exact = it.exact_edge_scores(model, PADDED)
     ig = it.edge_attribution(model, PADDED, "eap_ig", steps=5)
@@ -205,6 +205,11 @@ def test_a_planted_edge_circuit_is_recovered():
         curve.assert_cmd(at_most=curve.cmd / 2 - 1e-6)
     with pytest.raises(ClaimError, match="faithfulness"):
         curve.assert_faithful(at_fraction=1 / edges, at_least=0.99)
+    figure = curve.plot()
+    assert [line.get_label() for line in figure.axes[0].get_lines()[:2]] == [
+        f"signed ranking (CPR {curve.cpr:.3f})", f"|score| ranking (CMD {curve.cmd:.3f})"
+    ]
+    assert curve.figure(tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_roc_auc_and_curve_areas_by_hand(linear_exact):
