@@ -98,6 +98,22 @@ def _inf_weights(model):
     model.hf.transformer.ln_f.weight.fill_(float("inf"))
 
 
+def test_token_positions_that_are_padding_in_some_prompts_are_refused():
+    # PADDED has prompts of 11, 14 and 19 tokens: position 12 is a real token in two prompts, padding in one.
+    from test_engine import PADDED
+
+    model = build("gpt2")
+    with pytest.raises(PromptError, match=r"different lengths: 11 \(1 prompts\), 14 \(1 prompts\), 19 \(1 prompts\) "
+                       r"tokens\. Positions 11\.\.18 are a real token in some prompts and padding .*positions='last'"):
+        it.patch(model, PADDED, "mlp", positions="each")
+    with pytest.raises(PromptError, match="Position 12 is a real token in some prompts and padding in others"):
+        it.patch(model, PADDED, "mlp", positions=12)
+    with pytest.raises(PromptError, match="different lengths"):
+        it.patch(model, PADDED, "mlp", positions="each", method="attribution")
+    assert it.patch(model, PADDED, "mlp", positions=10).shape == (3,)  # inside every prompt
+    assert it.patch(model, PADDED, "mlp", positions="last").shape == (3,)
+
+
 @pytest.mark.parametrize("damage", [_nan_weights, _inf_weights], ids=["nan weights", "inf weights"])
 def test_nan_or_inf_in_model_outputs_is_an_error(damage):
     model = build("gpt2")
