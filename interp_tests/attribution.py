@@ -55,7 +55,7 @@ from .claims import ClaimError
 from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
-from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .metrics import AnswerReader, RunStats, check_clean_run
 from .models import PatchableModel
 from .engine import (
     SharedPrefix,
@@ -226,7 +226,7 @@ def attribution_patch(
                 if progress is not None:
                     progress(int(index[-1]) + 1, n)
     clean_logits = source_logits if direction == "denoise" else torch.cat(target_chunks)
-    warn_if_at_chance(*reader.accuracy(clean_logits))
+    clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
     all_prompts = torch.arange(n)
     source_stats = reader.stats(source_logits, all_prompts)
     target_stats = reader.stats(torch.cat(target_chunks), all_prompts)
@@ -237,7 +237,7 @@ def attribution_patch(
     result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
         rows_per_pass=batch_rows, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale, metrics=(metric,),
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, clean_run=clean_run, metrics=(metric,),
     )
     result.settings["grad_drop"] = grad_drop
     return result

@@ -33,7 +33,7 @@ from .circuit_results import CircuitResult, Completeness, Minimality, circuit_sc
 from .circuits import Circuit, Node, as_circuit, universe_of
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import ComponentError, PromptError, SettingsError
-from .metrics import AnswerReader, RunStats, check_metric, warn_if_at_chance
+from .metrics import AnswerReader, RunStats, check_clean_run, check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
 from .engine import (
@@ -281,7 +281,7 @@ class CircuitRuns:
                 model, tokens, self.corrupt_input, everyone, cache_sites=(*site_names, "out"), prefix=self.prefix
             )
             self.reader.set_clean(clean_logits)
-            warn_if_at_chance(*self.reader.accuracy(clean_logits))
+            self.clean_run = check_clean_run(self.reader, clean_logits, model.tokenizer)
             index = torch.arange(tokens.n)
             self.clean = _metric_values(self.reader.stats(clean_logits, index), self.metric)
             self.corrupted = _metric_values(self.reader.stats(corrupt_logits, index), self.metric)
@@ -324,6 +324,7 @@ class CircuitRuns:
             "ablation": self.ablation,
             "metric": self.metric,
             "reference": self.reference,
+            "clean_run": self.clean_run.as_settings(),
             **extra,
         }
 

@@ -21,7 +21,7 @@ from . import __version__
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
-from .metrics import METRICS, RunStats, check_metric, raw_effects
+from .metrics import METRICS, CleanRun, RunStats, check_metric, raw_effects
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
@@ -361,10 +361,11 @@ def sweep_result(
     window: int,
     seed: int,
     noise_scale: float,
+    clean_run: CleanRun,
     metrics: Sequence[str] = METRICS,
 ) -> PatchResult:
     """A PatchResult holding ``metrics``' effects from patched stats ``[components, prompts]``, with the
-    settings every method records."""
+    settings every method records (``clean_run`` lets a cached result repeat the clean run's warnings)."""
     effects = {
         name: value.T.reshape(tokens.n, *grid.shape).numpy()
         for name, value in raw_effects(patched, corrupt_stats).items()
@@ -385,6 +386,7 @@ def sweep_result(
         "rows_per_pass": rows_per_pass,
         "clean": _summary(clean_stats),
         "corrupted": _summary(corrupt_stats),
+        "clean_run": clean_run.as_settings(),
     }
     if corruption == "gn":
         settings["noise_scale"] = noise_scale

@@ -16,7 +16,7 @@ import torch
 from . import engine
 from .components import SITE_OF_KIND, ComponentGrid
 from .corruptions import Corruption, RunInput
-from .metrics import AnswerReader, RunStats, warn_if_at_chance
+from .metrics import AnswerReader, RunStats, check_clean_run
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .results import PatchResult
@@ -54,7 +54,7 @@ def exact_patch(
         cache.update(target_cache)
         clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
         reader.set_clean(clean_logits)
-        warn_if_at_chance(*reader.accuracy(clean_logits))
+        clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         target_stats = corrupt_stats if direction == "denoise" else clean_stats
@@ -66,7 +66,7 @@ def exact_patch(
     return engine.sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method="exact",
         rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, clean_run=clean_run,
     )
 
 

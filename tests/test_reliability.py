@@ -154,6 +154,36 @@ def test_a_model_at_chance_on_the_task_warns_that_claims_are_meaningless():
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def _unspaced_ioi(n: int) -> PromptPairs:
+    """Organism IOI pairs with the answers' leading space dropped: 'Mary' is a token the model never writes here."""
+    pairs = it.tasks.ioi(n=n, seed=0, corrupt="S1_IO")
+    return PromptPairs(pairs.clean, pairs.corrupted, [a.strip() for a in pairs.answer], [w.strip() for w in pairs.wrong])
+
+
+NEVER_PREDICTED = (r"never predicts the answer tokens: in none of the 8 prompts is an answer token among its 10 most "
+                   r"likely next tokens, and the mean clean P\(answer\) is 0\.0000 \(< 0\.01\)\. The at-chance "
+                   r".*top-1 tokens.*'Ġ\w+' \(decodes to ' \w+'\): \d")
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution", "path", "circuit"])
+def test_answers_the_model_never_predicts_warn_for_every_method(method):
+    # The model prefers 'Mary' over 'John' (accuracy 1, no at-chance warning) yet gives both ~0 probability.
+    model, pairs = it.load_model("organism"), _unspaced_ioi(8)
+    run = {
+        "exact": lambda p: it.patch(model, p, "attn_head"),
+        "attribution": lambda p: it.patch(model, p, "attn_head", method="attribution"),
+        "path": lambda p: it.path_patch(model, p, ["logits"]),
+        "circuit": lambda p: it.circuit_patch(model, p, it.Circuit(["0.2"])),
+    }[method]
+    with pytest.warns(InterpWarning, match=NEVER_PREDICTED):
+        result = run(pairs)
+    assert result.settings["clean_run"]["answer_in_top_k"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpWarning)
+        spaced = run(it.tasks.ioi(n=8, seed=0, corrupt="S1_IO"))
+    assert spaced.settings["clean_run"]["answer_in_top_k"] == 8
+
+
 def test_half_precision_effects_match_float32_within_the_documented_tolerance(dtype):
     hf, tokenizer = tiny_gpt2()
     pairs = orient_answers(hf, tokenizer, ioi_pairs(16))
