@@ -116,8 +116,10 @@ def _names(labels: list[str], limit: int = 4) -> str:
 def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -> dict[str, Any]:
     """A claims document whose claims hold for ``result``: positive detections, then negative ones.
 
-    When nothing reaches ``sd``, the claim says so for the strongest three components.
+    When nothing reaches ``sd``, the claim says so for the strongest three components; when nothing can (``sd``
+    above sqrt(n - 1) for n components), it claims the largest effect's rank instead.
     """
+    from .claims import unreachable_threshold
     from .corruptions import DEFAULT_NOISE_SCALE
 
     s = result.settings
@@ -140,10 +142,14 @@ def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -
     if negative:
         claims.append({"name": f"{_names(negative)} detected as negative {what}", "sweep": sweep,
                        "expect": {"negative": negative, "sd": threshold}})
-    if not claims:
+    if not claims and unreachable_threshold(sd, result.mean.size) is None:
         strongest = [label for label, _ in result.top(3, sign="both")]
         claims.append({"name": f"no component stands out {what}", "sweep": sweep,
                        "expect": {"not_detected": strongest, "sign": "both", "sd": threshold}})
+    elif not claims:  # no z-score can reach sd, so "not detected" could never fail: claim the ranking
+        first = result.top(1)[0][0]
+        claims.append({"name": f"{first} has the largest effect {what}", "sweep": sweep,
+                       "expect": {"top_k": {"labels": [first], "k": 1}}})
     return {"model": model, "task": task.as_claim(), "claims": claims}
 
 

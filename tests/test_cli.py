@@ -132,6 +132,17 @@ def test_claim_without_detections_says_nothing_stands_out() -> None:
     assert claim["expect"] == {"not_detected": [label for label, _ in result.top(3, sign="both")], "sign": "both", "sd": 2}
 
 
+def test_claim_below_an_unreachable_threshold_ranks_instead_of_a_not_detected_that_cannot_fail() -> None:
+    from interp_tests.plugin.yaml_claims import parse_claims
+
+    result = planted_result("mlp", strength=0.0)  # 12 layers: the largest possible z is sqrt(11) = 3.32 < 4
+    text = claim_yaml(sweep_claim("organism", task_spec("ioi", 8, 1, []), result, sd=4.0))
+    assert parse_claims(text, Path("test_found.yaml"))[1] == []
+    (claim,) = yaml.safe_load(text)["claims"]
+    first = result.top(1)[0][0]
+    assert claim["name"].startswith(f"{first} has the largest effect") and claim["expect"] == {"top_k": {"labels": [first], "k": 1}}
+
+
 def test_evaluate_on_a_generated_task(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     status = main(["evaluate", "--model", str(model_dir), "--task", "ioi", "--n", "4", "--seed", "1",
                    "--variant", "corrupt=S2"])

@@ -552,3 +552,12 @@ def test_default_batches_follow_the_memory_available(monkeypatch):
     assert engine.batch_bytes(torch.device("cpu")) == engine.CPU_BATCH_BYTES
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     assert engine.batch_bytes(torch.device("cuda")) == 20 * 2**30
+
+
+def test_evaluate_says_when_it_skips_the_corrupted_run_over_a_length_mismatch():
+    pairs = it.PromptPairs(PAIRS.clean, [*PAIRS.corrupted[:2], PAIRS.corrupted[2] + " the"], PAIRS.answer, PAIRS.wrong)
+    evaluation = it.evaluate(build("gpt2"), pairs)
+    assert evaluation.corrupted_logit_diff is None
+    assert evaluation.corrupted_skipped.startswith("1 of 3 pairs tokenize to different lengths")
+    assert "corrupted run        skipped: 1 of 3 pairs tokenize to different lengths" in str(evaluation)
+    assert it.evaluate(build("gpt2"), PAIRS).corrupted_skipped is None
