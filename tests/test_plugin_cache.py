@@ -264,3 +264,25 @@ def test_a_cached_sweep_or_circuit_repeats_the_clean_run_warnings(pytester, monk
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(["*sweeps: 0 computed, 2 from the cache*"])
     assert len(never_predicted(second)) == 2
+
+
+def test_clear_cache_empties_it_before_the_session(pytester, tiny_files):
+    write_claims(pytester.path, tiny_files)
+    pytester.runpytest().assert_outcomes(passed=3)
+    assert len(entries(pytester.path)) == 2
+    cleared = pytester.runpytest("--interp-clear-cache")
+    cleared.assert_outcomes(passed=3)
+    cleared.stdout.fnmatch_lines(["interp-tests: cleared the sweep cache (2 files) in *.interp_cache",
+                                  "*sweeps: 2 computed, 0 from the cache*"])
+
+
+def test_a_lock_held_elsewhere_times_out_with_the_reason(tmp_path):
+    from filelock import FileLock
+
+    from interp_tests.errors import InterpError
+
+    cache = SweepCache(tmp_path, lock_timeout=0.1)
+    with cache.locked("k"), FileLock(cache.sweeps / "k2.lock"):
+        with pytest.raises(InterpError, match=r"Waited 0.1 s for the sweep cache lock .*k2\.lock: another process holds it"):
+            with cache.locked("k2"):
+                pass
