@@ -150,10 +150,6 @@ def test_a_model_at_chance_on_the_task_warns_that_claims_are_meaningless():
         it.patch(model, _clean_oriented(model, PAIRS), "mlp", metric="prob")  # accuracy 1: no warning
 
 
-# -- half precision --------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def _unspaced_ioi(n: int) -> PromptPairs:
     """Organism IOI pairs with the answers' leading space dropped: 'Mary' is a token the model never writes here."""
     pairs = it.tasks.ioi(n=n, seed=0, corrupt="S1_IO")
@@ -184,6 +180,10 @@ def test_answers_the_model_never_predicts_warn_for_every_method(method):
     assert spaced.settings["clean_run"]["answer_in_top_k"] == 8
 
 
+# -- half precision --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_effects_match_float32_within_the_documented_tolerance(dtype):
     hf, tokenizer = tiny_gpt2()
     pairs = orient_answers(hf, tokenizer, ioi_pairs(16))
