@@ -55,7 +55,7 @@ from .claims import ClaimError
 from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
-from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .engine import (
     Progress,
@@ -228,7 +228,7 @@ def attribution_patch(
                 if report is not None:
                     report(int(index[-1]) + 1, n)
     clean_logits = source_logits if direction == "denoise" else torch.cat(target_chunks)
-    warn_if_at_chance(*reader.accuracy(clean_logits))
+    clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
     all_prompts = torch.arange(n)
     source_stats = reader.stats(source_logits, all_prompts)
     target_stats = reader.stats(torch.cat(target_chunks), all_prompts)
@@ -239,7 +239,7 @@ def attribution_patch(
     result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
         rows_per_pass=batch_rows, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
     )
     result.settings["grad_drop"] = grad_drop
     return result

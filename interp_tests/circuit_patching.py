@@ -35,7 +35,7 @@ from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_in
 from .edge_runs import EdgeMasks, edge_pass
 from .edges import EdgeGraph
 from .errors import ComponentError, PromptError, SettingsError
-from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .engine import (
@@ -319,7 +319,7 @@ class CircuitRuns:
                 model, tokens, self.corrupt_input, everyone, cache_sites=(*site_names, "out"), prefix=self.prefix
             )
             self.reader.set_clean(clean_logits)
-            warn_if_at_chance(*self.reader.accuracy(clean_logits))
+            self.clean_run = check_clean_run(self.reader, clean_logits, model.tokenizer)
             index = torch.arange(tokens.n)
             self.clean = _metric_values(self.reader.stats(clean_logits, index), self.metric)
             self.corrupted = _metric_values(self.reader.stats(corrupt_logits, index), self.metric)
@@ -370,6 +370,7 @@ class CircuitRuns:
             "ablation": self.ablation,
             "metric": self.metric,
             "reference": self.reference,
+            "clean_run": self.clean_run.as_settings(),
             **extra,
         }
 

@@ -160,6 +160,20 @@ def _threshold_text(sd: float, sign: str) -> str:
     return {"positive": f"z >= {sd:.2f}", "negative": f"z <= {-sd:.2f}", "both": f"|z| >= {sd:.2f}"}[sign]
 
 
+def unreachable_threshold(sd: float, n_components: int) -> str | None:
+    """Why no component can be detected at ``sd``, or None when one can: with n components and the population
+    SD, the largest z-score is sqrt(n - 1) (one component apart, all others equal), so a claim asking for more
+    fails whatever the effects, and a ``not_detected`` claim at that threshold cannot fail."""
+    largest = math.sqrt(max(n_components - 1, 0))
+    if sd <= largest:
+        return None
+    return (
+        f"no component can reach |z| >= {sd:g} here: with {n_components} components the largest possible |z| is "
+        f"sqrt({n_components} - 1) = {largest:.2f}, whatever the effects. Lower sd (at most {largest:.2f}), patch "
+        "more components (heads instead of layers, or positions='each'), or claim a ranking (top_k) instead."
+    )
+
+
 def _context(result: PatchResult, sd: float, sign: str) -> str:
     """Mean and SD over components, the effect a component needs, what is detected, the top table, settings."""
     mean = result.mean.reshape(-1)
@@ -168,10 +182,12 @@ def _context(result: PatchResult, sd: float, sign: str) -> str:
     needs = {"positive": f">= {above:.4g}", "negative": f"<= {below:.4g}", "both": f">= {above:.4g} or <= {below:.4g}"}
     detected = result.detected(sd, sign)
     side = {"positive": "most positive", "negative": "most negative", "both": "largest absolute"}[sign]
+    unreachable = unreachable_threshold(sd, mean.size)
     return "\n".join(
         [
             f"  over {mean.size} components: mean {centre:.4g}, SD {spread:.4g}; detection at {sd:g} SD needs "
             f"effect {needs[sign]} ({_threshold_text(sd, sign)})",
+            *([f"  {unreachable}"] if unreachable else []),
             f"  detected at sd={sd:g}, sign={sign}: {', '.join(detected) if detected else 'none'}",
             f"top components ({side} first):",
             result.table(TABLE_ROWS, sign),
@@ -304,6 +320,7 @@ class Claims:
                     f"Claim failed: {_subject(unstable)} detected ({_threshold_text(sd, sign)}, sign={sign}) in fewer "
                     f"than {100 * min_detection_rate:g}% of bootstrap resamples of the {self.n_prompts} prompts.",
                     *rows,
+                    *([f"  {unreachable}"] if (unreachable := unreachable_threshold(sd, self.mean.size)) else []),
                     str(boot),
                     f"settings: {self.describe_settings()}",
                 ]
@@ -637,6 +654,10 @@ class GridClaims:
     Like ``Claims``: labels as arguments or one list; None when the claim holds, else ``ClaimError``.
     """
 
+    def _unreachable(self: Grid, sd: float) -> str | None:
+        sizes = {result.mean.size for result in self.results.values()}
+        return unreachable_threshold(sd, min(sizes)) if sizes else None
+
     def assert_robust(
         self: Grid, *labels: str, at_least: int | None = None, sd: float | None = None, sign: str = "positive"
     ) -> None:
@@ -664,6 +685,7 @@ class GridClaims:
                     *(f"  {label}: detected in {len(found[label])} of {n}" for label in fragile),
                     *(self.component_table(label, sd) for label in fragile),
                     f"components detected in {needs}: {', '.join(robust) or 'none'}",
+                    *([f"  {unreachable}"] if (unreachable := self._unreachable(sd)) else []),
                 ]
             ),
             claim="robust",

@@ -15,7 +15,7 @@ from typing import IO, TYPE_CHECKING, Any
 import yaml
 
 from .errors import InterpError, SettingsError, did_you_mean
-from .specs import TaskSpec, resolve_model_spec
+from .specs import TaskSpec
 
 if TYPE_CHECKING:
     from .models import PatchableModel
@@ -26,8 +26,24 @@ PAIR_FILE_SUFFIXES = (".jsonl", ".yaml", ".yml")
 DEFAULT_N = 64
 DEFAULT_TASK_SEED = 0
 DESCRIPTION = "Explore activation-patching sweeps and turn what they find into YAML claims."
-CLAIM_MARKER = "# Claim reproducing this sweep; paste it into a claims YAML file:"
+CLAIM_MARKER = (
+    "# Claim reproducing this sweep; paste it into a claims YAML file (paths are as given here, and a claims\n"
+    "# file reads them relative to itself):"
+)
 PROGRESS_WIDTH = 30
+SWEEP_EXAMPLES = """examples:
+  interp-tests sweep --model organism --task ioi --variant corrupt=S2 --component attn_head
+  interp-tests sweep --model organism --task ioi --component attn_head --positions last --metric kl --heatmap ioi.png
+  interp-tests sweep --model path/to/model --task pairs.jsonl --n 32 --component mlp --corruption gn
+"""
+EVALUATE_EXAMPLES = """examples:
+  interp-tests evaluate --model organism --task ioi --n 200 --seed 1
+  interp-tests evaluate --model path/to/stories260K.bin --task pairs.yaml
+"""
+EXAMPLES = f"""{SWEEP_EXAMPLES}  interp-tests evaluate --model organism --task ioi --n 200 --seed 1
+
+'interp-tests COMMAND --help' lists a command's options; 'python -m interp_tests' runs the same command line.
+"""
 
 
 def _generator_names() -> list[str]:
@@ -116,8 +132,10 @@ def _names(labels: list[str], limit: int = 4) -> str:
 def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -> dict[str, Any]:
     """A claims document whose claims hold for ``result``: positive detections, then negative ones.
 
-    When nothing reaches ``sd``, the claim says so for the strongest three components.
+    When nothing reaches ``sd``, the claim says so for the strongest three components; when nothing can (``sd``
+    above sqrt(n - 1) for n components), it claims the largest effect's rank instead.
     """
+    from .claims import unreachable_threshold
     from .corruptions import DEFAULT_NOISE_SCALE
 
     s = result.settings
@@ -140,10 +158,14 @@ def sweep_claim(model: str, task: TaskSpec, result: PatchResult, *, sd: float) -
     if negative:
         claims.append({"name": f"{_names(negative)} detected as negative {what}", "sweep": sweep,
                        "expect": {"negative": negative, "sd": threshold}})
-    if not claims:
+    if not claims and unreachable_threshold(sd, result.mean.size) is None:
         strongest = [label for label, _ in result.top(3, sign="both")]
         claims.append({"name": f"no component stands out {what}", "sweep": sweep,
                        "expect": {"not_detected": strongest, "sign": "both", "sd": threshold}})
+    elif not claims:  # no z-score can reach sd, so "not detected" could never fail: claim the ranking
+        first = result.top(1)[0][0]
+        claims.append({"name": f"{first} has the largest effect {what}", "sweep": sweep,
+                       "expect": {"top_k": {"labels": [first], "k": 1}}})
     return {"model": model, "task": task.as_claim(), "claims": claims}
 
 
@@ -203,7 +225,7 @@ def _sweep(args: argparse.Namespace) -> int:
     for sign in ("positive", "negative"):
         print(f"  {sign}: {', '.join(result.detected(args.sd, sign)) or 'none'}")
     print(f"\n{CLAIM_MARKER}")
-    print(claim_yaml(sweep_claim(resolve_model_spec(args.model, Path.cwd()), spec, result, sd=args.sd)), end="")
+    print(claim_yaml(sweep_claim(args.model, spec, result, sd=args.sd)), end="")
     if args.heatmap:
         print(f"\nwrote {heatmap(result, args.heatmap, sd=args.sd, title=spec.describe())}")
     if args.json:
@@ -218,7 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .engine import DIRECTIONS
     from .patching import METHODS
 
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")
     common.add_argument("--task", required=True,
                         help=f"a task name ({', '.join(_generator_names())}) or a pairs file (.jsonl, .yaml)")
@@ -233,10 +255,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--noise-seed", type=int, default=0, help="seed of the Gaussian noise (default 0)")
     common.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
 
-    parser = argparse.ArgumentParser(prog="interp-tests", description=DESCRIPTION)
+    parser = argparse.ArgumentParser(prog="interp-tests", description=DESCRIPTION, epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sweep = commands.add_parser("sweep", parents=[common], help="patch every component and print a claim",
-                                description="Patch every component of one kind, rank them, and print a YAML claim.")
+                                description="Patch every component of one kind, rank them, and print a YAML claim.",
+                                epilog=SWEEP_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     sweep.add_argument("--component", choices=KINDS, default="attn_head", help="default attn_head")
     sweep.add_argument("--metric", choices=BUILTIN_METRICS, default="logit_diff", help="default logit_diff")
     sweep.add_argument("--positions", default="all", help="all (default), each, a token index, last or a span name")
@@ -253,7 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     sweep.set_defaults(run=_sweep)
     evaluate = commands.add_parser("evaluate", parents=[common], help="print how well the model does the task",
-                                   description="Top-1 accuracy, logit difference and P(answer), clean and corrupted.")
+                                   description="Top-1 accuracy, logit difference and P(answer), clean and corrupted.",
+                                   epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
     evaluate.set_defaults(run=_evaluate)
     return parser
 

@@ -32,7 +32,7 @@ from .edge_results import EdgeScores, FaithfulnessCurve, edges_at
 from .edges import EdgeGraph, input_weights, norm, output_weights
 from .engine import Pairs, check_choice, eval_mode, final_logits, pass_inputs, rows_per_pass, run, shared_prefix, tokenize
 from .errors import SettingsError
-from .metrics import AnswerReader, check_metric, warn_if_at_chance
+from .metrics import AnswerReader, check_clean_run, check_metric
 from .models import PatchableModel
 
 METHODS = ("eap", "eap_ig")
@@ -138,7 +138,7 @@ def edge_attribution(
             clean_logits, clean_cache = run(model, tokens, clean_input, everyone, cache_sites=sites, prefix=prefix)
             corrupt_logits, corrupt_cache = run(model, tokens, corrupt_input, everyone, cache_sites=sites, prefix=prefix)
             reader.set_clean(clean_logits)
-            warn_if_at_chance(*reader.accuracy(clean_logits))
+            check_clean_run(reader, clean_logits, model.tokenizer)
             index = torch.arange(tokens.n)
             m_clean = _m(reader.stats(clean_logits, index), metric)
             m_corrupt = _m(reader.stats(corrupt_logits, index), metric)

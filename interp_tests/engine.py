@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,7 @@ from . import __version__
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
-from .metrics import Metric, RunStats, UserMetric, check_metric, normalised_metrics, raw_effects
+from .metrics import CleanRun, Metric, RunStats, UserMetric, check_metric, normalised_metrics, raw_effects
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
@@ -350,10 +350,35 @@ def prepare_sweep(
     )
     if isinstance(positions, str) and positions not in ("all", "each"):
         tokens.position(positions)
+    check_positions_line_up(tokens, positions)
     clean_input = RunInput(tokens.clean_ids, None)
     corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
     source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
     return tokens, grid, source, target
+
+
+def check_positions_line_up(tokens: TokenizedPairs, positions: str | int) -> None:
+    """Refuse a token index that is padding in some prompts: its mean effect would average real tokens with
+    the padding's zero effect (``positions="each"`` on prompts of two lengths, or an index past the shortest
+    prompt's end). Named positions (``"last"``, a span) align prompts by role and are always accepted."""
+    if positions != "each" and not isinstance(positions, int):
+        return
+    shortest, longest = int(tokens.lengths.min()), int(tokens.lengths.max())
+    if positions == "each" and shortest == longest:
+        return
+    if isinstance(positions, int) and positions < shortest:
+        return
+    counts = Counter(tokens.lengths.tolist())
+    lengths = ", ".join(f"{length} ({counts[length]} prompt{'s' * (counts[length] > 1)})" for length in sorted(counts))
+    where = f"positions {shortest}..{longest - 1} are" if positions == "each" else f"position {positions} is"
+    raise PromptError(
+        f"positions={positions!r} patches token indices, but these prompts have different lengths: {lengths} "
+        f"tokens. {where[0].upper()}{where[1:]} a real token in some prompts and padding in others, so a mean "
+        "effect there would average real effects with the padding's 0 (and the same index is a different word "
+        "in prompts of different lengths). Use a named position that aligns prompts by role (positions='last' "
+        f"or a span of the pairs{': ' + ', '.join(map(repr, tokens.named_positions)) if tokens.named_positions else ''}), "
+        "or pairs whose prompts all have one length (pairs[indices] takes a subset)."
+    )
 
 
 def sweep_result(
@@ -374,11 +399,13 @@ def sweep_result(
     window: int,
     seed: int,
     noise_scale: float,
+    clean_run: CleanRun,
     metrics: Sequence[str] | None = None,
     custom: Sequence[UserMetric] = (),
 ) -> PatchResult:
     """A PatchResult holding ``metrics``' effects (default: every metric the stats hold) from patched stats
-    ``[components, prompts]``, the gaps of the normalised ones, and the settings every method records."""
+    ``[components, prompts]``, the gaps of the normalised ones, and the settings every method records
+    (``clean_run`` lets a cached result repeat the clean run's warnings)."""
     effects = {
         name: value.T.reshape(tokens.n, *grid.shape).numpy()
         for name, value in raw_effects(patched, corrupt_stats).items()
@@ -403,6 +430,7 @@ def sweep_result(
         "rows_per_pass": rows_per_pass,
         "clean": _summary(clean_stats),
         "corrupted": _summary(corrupt_stats),
+        "clean_run": clean_run.as_settings(),
     }
     if corruption == "gn":
         settings["noise_scale"] = noise_scale

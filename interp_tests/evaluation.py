@@ -22,6 +22,7 @@ class Evaluation:
     clean_prob: float
     corrupted_logit_diff: float | None
     corrupted_prob: float | None
+    corrupted_skipped: str | None = None  # why the corrupted run did not run, when it was asked for
 
     def __str__(self) -> str:
         lines = [
@@ -33,6 +34,8 @@ class Evaluation:
         if self.corrupted_logit_diff is not None:
             lines.append(f"corrupted logit diff {self.corrupted_logit_diff:.3f}")
             lines.append(f"corrupted P(answer)  {self.corrupted_prob:.3f}")
+        if self.corrupted_skipped is not None:
+            lines.append("corrupted run        skipped: " + self.corrupted_skipped.replace("\n", "\n  "))
         return "\n".join(lines)
 
 
@@ -42,7 +45,9 @@ def evaluate(
 ) -> Evaluation:
     """Top-1 accuracy (the argmax is in the answer set), mean logit difference and answer probability.
 
-    ``corruption=None`` skips the corrupted run; STR is skipped when the pairs have no corrupted prompts.
+    ``corruption=None`` skips the corrupted run. STR is skipped when the pairs have no corrupted prompts or
+    some pairs' clean and corrupted prompts tokenize to different lengths; ``corrupted_skipped`` then says
+    why (and the printout shows it), since STR drops all the pairs' corrupted rows, not just the mismatched ones.
     """
     tokens = tokenize(model, pairs)
     reader = AnswerReader(tokens, model.shape.vocab_size)
@@ -53,7 +58,10 @@ def evaluate(
         reader.set_clean(clean_logits)
         clean = reader.stats(clean_logits, index)
         corrupted = None
-        if corruption is not None and not (corruption == "str" and tokens.corrupted_ids is None):
+        skipped = None
+        if corruption == "str" and tokens.corrupted_ids is None:
+            skipped = tokens.length_mismatch or "the pairs have no corrupted prompts (use corruption='gn')."
+        if corruption is not None and skipped is None:
             corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
             corrupted = reader.stats(run(model, tokens, corrupt_input, prompts)[0], index)
     top1 = clean_logits.argmax(dim=-1)
@@ -65,4 +73,5 @@ def evaluate(
         clean_prob=float(clean.prob.mean()),
         corrupted_logit_diff=None if corrupted is None else float(corrupted.logit_diff.mean()),
         corrupted_prob=None if corrupted is None else float(corrupted.prob.mean()),
+        corrupted_skipped=skipped,
     )

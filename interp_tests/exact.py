@@ -16,7 +16,7 @@ import torch
 from . import engine
 from .components import SITE_OF_KIND, ComponentGrid
 from .corruptions import Corruption, RunInput
-from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .results import PatchResult
@@ -55,7 +55,7 @@ def exact_patch(
         cache.update(target_cache)
         clean_logits, corrupt_logits = (source_logits, target_logits) if direction == "denoise" else (target_logits, source_logits)
         reader.set_clean(clean_logits)
-        warn_if_at_chance(*reader.accuracy(clean_logits))
+        clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         target_stats = corrupt_stats if direction == "denoise" else clean_stats
@@ -68,7 +68,7 @@ def exact_patch(
     return engine.sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=name, method="exact",
         rows_per_pass=rows_per_pass, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
     )
 
 

@@ -34,13 +34,15 @@ more rounding: when a claim sits near its threshold, run it in float32.
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
 from .errors import InterpWarning, MetricError, SettingsError, did_you_mean
-from .pairs import TokenizedPairs
+from .pairs import TokenizedPairs, token_pieces
 
 METRICS = ("logit_diff", "prob", "kl")  # the paper's three: what grids read by default
 BUILTIN_METRICS = (*METRICS, "logprob")  # what every sweep computes
@@ -53,6 +55,14 @@ MIN_LOGIT_DIFF_GAP = 1e-3
 HALF_PRECISION_TOLERANCE = {torch.float16: 0.005, torch.bfloat16: 0.02}
 # A model is "at chance" when its clean accuracy closes at most this share of the gap from chance to 1.
 CHANCE_MARGIN = 0.2
+# A model "never predicts" the answers when no prompt has an answer token among its TOP_K most likely next
+# tokens and the mean clean P(answer) is below NEVER_PREDICTED_PROB. Either alone is not enough: a task with
+# many plausible answers can keep the answer out of the top 10 yet give it real mass, and a small probability
+# is normal for one member of an answer set; together they say the model puts the answers nowhere near the top.
+TOP_K = 10
+NEVER_PREDICTED_PROB = 0.01
+# How many of the model's most frequent clean top-1 tokens a warning shows.
+SHOWN_PREDICTIONS = 5
 
 
 @dataclass(frozen=True)
@@ -210,6 +220,76 @@ class AnswerReader:
         correct = self.good[torch.arange(len(top)), top] > 0
         chance = self.good.sum(-1) / candidates.sum(-1)
         return float(correct.float().mean()), float(chance.mean())
+
+
+@dataclass(frozen=True)
+class CleanRun:
+    """What the clean run says about whether the model does the task at all, kept in a result's settings
+    (``settings["clean_run"]``) so that a cached result can repeat its warnings without a forward pass."""
+
+    n_prompts: int
+    accuracy: float  # answer outscores wrong, over each prompt's candidates
+    chance: float
+    answer_in_top_k: int  # prompts with an answer token among the TOP_K most likely next tokens
+    answer_prob: float  # mean clean P(answer), summed over an answer set
+    predictions: list[list[Any]]  # the most frequent clean top-1 tokens: [piece, decoded text, prompts]
+
+    @classmethod
+    def measure(cls, reader: AnswerReader, clean_logits: torch.Tensor, tokenizer: Any) -> CleanRun:
+        logits = clean_logits.float().cpu()
+        accuracy, chance = reader.accuracy(logits)
+        top = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+        in_top_k = reader.good.gather(1, top).amax(dim=-1) > 0
+        prob = (torch.softmax(logits, dim=-1) * reader.good).sum(-1)
+        counts = Counter(logits.argmax(dim=-1).tolist()).most_common(SHOWN_PREDICTIONS)
+        pieces = token_pieces(tokenizer, [token for token, _ in counts])
+        predictions = [[piece, tokenizer.decode([token]), n] for piece, (token, n) in zip(pieces, counts)]
+        return cls(len(logits), accuracy, chance, int(in_top_k.sum()), float(prob.mean()), predictions)
+
+    @property
+    def never_predicted(self) -> bool:
+        return self.answer_in_top_k == 0 and self.answer_prob < NEVER_PREDICTED_PROB
+
+    def as_settings(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def warn(self, *, stacklevel: int = 2) -> None:
+        """The at-chance and never-predicted warnings (``InterpWarning``) that apply."""
+        warn_if_at_chance(self.accuracy, self.chance, stacklevel=stacklevel + 1)
+        if not self.never_predicted:
+            return
+        shown = ", ".join(
+            f"{piece!r}" + ("" if piece == text else f" (decodes to {text!r})") + f": {n}"
+            for piece, text, n in self.predictions
+        )
+        warnings.warn(
+            InterpWarning(
+                f"The model essentially never predicts the answer tokens: in none of the {self.n_prompts} prompts "
+                f"is an answer token among its {TOP_K} most likely next tokens, and the mean clean P(answer) is "
+                f"{self.answer_prob:.4f} (< {NEVER_PREDICTED_PROB}). The at-chance check compares the answer with "
+                "the wrong answer only, so a sweep still ranks components, but by how they move two tokens the "
+                "model does not consider. Most often the answers are not the tokens the model writes (a missing "
+                "or extra leading space, or a different casing). Its most frequent top-1 tokens on these prompts, "
+                f"as the tokenizer stores them, with the number of prompts: {shown}. Give the answers as such tokens "
+                "(interp_tests.evaluate shows the top-1 accuracy)."
+            ),
+            stacklevel=stacklevel + 1,
+        )
+
+    @classmethod
+    def replay(cls, settings: dict[str, Any], *, stacklevel: int = 2) -> None:
+        """Repeat the warnings of the clean run recorded in a result's ``settings`` (a cached result's)."""
+        recorded = settings.get("clean_run")
+        if isinstance(recorded, dict):
+            cls(**recorded).warn(stacklevel=stacklevel + 1)
+
+
+def check_clean_run(reader: AnswerReader, clean_logits: torch.Tensor, tokenizer: Any) -> CleanRun:
+    """Measure the clean run (``CleanRun``) and warn when the model does not do the task; every method calls
+    this once it has the clean logits."""
+    check = CleanRun.measure(reader, clean_logits, tokenizer)
+    check.warn(stacklevel=3)
+    return check
 
 
 def warn_if_at_chance(accuracy: float, chance: float, *, stacklevel: int = 2) -> bool:

@@ -319,8 +319,13 @@ class TokenizedPairs:
         return digest.hexdigest()[:16]
 
 
-def _token_strings(tokenizer: Any, ids: Sequence[int]) -> list[str]:
-    return [tokenizer.decode([t]) for t in ids]
+def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[str]:
+    """The tokens as the tokenizer stores them (``convert_ids_to_tokens``: GPT-2's ``Ġ`` and SentencePiece's
+    ``▁`` space markers kept), which decoding one token at a time can hide."""
+    convert = getattr(tokenizer, "convert_ids_to_tokens", None)
+    if convert is None:
+        return [tokenizer.decode([t]) for t in ids]
+    return [str(piece) for piece in convert(list(ids))]
 
 
 def _answer_token(tokenizer: Any, what: str, i: int, token: AnswerToken) -> int:
@@ -332,11 +337,30 @@ def _answer_token(tokenizer: Any, what: str, i: int, token: AnswerToken) -> int:
     ids = tokenizer(token, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         raise PromptError(
-            f"{what}[{i}] = {token!r} is {len(ids)} tokens {_token_strings(tokenizer, ids)} for this tokenizer, "
-            "but the metrics read one token. Use an answer that is a single token (for GPT-2-style tokenizers "
-            "usually with a leading space, e.g. ' Mary'), or give the token id (int) you mean."
+            f"{what}[{i}] = {token!r} is {len(ids)} tokens {token_pieces(tokenizer, ids)} for this tokenizer (as "
+            f"it stores them), but the metrics read one token. {_single_token_advice(tokenizer, token)} Or give "
+            "the token id (int) you mean."
         )
     return ids[0]
+
+
+def _single_token_advice(tokenizer: Any, token: str) -> str:
+    """How to write a single-token answer for this tokenizer's way of marking a word's leading space."""
+    marks_space_itself = token_pieces(tokenizer, tokenizer("a", add_special_tokens=False)["input_ids"])[:1] == ["▁a"]
+    if marks_space_itself:
+        fix = f" (here {token.lstrip()!r})" if token != token.lstrip() else ""
+        return (
+            "This is a SentencePiece-style tokenizer that puts the space marker '▁' before a word itself, so a "
+            f"leading space in the answer becomes a token of its own: write the answer without one{fix}, e.g. "
+            "'Lily' for the piece '▁Lily'."
+        )
+    if token_pieces(tokenizer, tokenizer(" a", add_special_tokens=False)["input_ids"])[:1] == ["Ġa"]:
+        fix = f" (here {' ' + token!r})" if not token.startswith(" ") else ""
+        return (
+            "This GPT-2-style tokenizer stores a word's leading space in the word's token ('Ġ'): a word that "
+            f"follows a space is usually one token with its leading space{fix}, e.g. ' Mary' for 'ĠMary'."
+        )
+    return "Use an answer that is a single token for this tokenizer."
 
 
 def _answer_ids(tokenizer: Any, what: str, answers: Sequence[Answer]) -> list[list[int]]:
@@ -386,8 +410,8 @@ def _tokenize(pairs: PromptPairs, tokenizer: Any) -> TokenizedPairs:
             length_mismatch = (
                 f"{len(bad)} of {n} pairs tokenize to different lengths, so symmetric token replacement "
                 f"cannot line them up position by position. First: pair {i}\n"
-                f"  clean     ({lengths[i]} tokens): {_token_strings(tokenizer, clean[i])}\n"
-                f"  corrupted ({len(corrupted[i])} tokens): {_token_strings(tokenizer, corrupted[i])}\n"
+                f"  clean     ({lengths[i]} tokens): {token_pieces(tokenizer, clean[i])}\n"
+                f"  corrupted ({len(corrupted[i])} tokens): {token_pieces(tokenizer, corrupted[i])}\n"
                 "Replace tokens by words that are single tokens for this tokenizer, or drop these pairs "
                 f"(indices {bad[:20]}{'...' if len(bad) > 20 else ''})."
             )
@@ -431,7 +455,7 @@ def _tokenize(pairs: PromptPairs, tokenizer: Any) -> TokenizedPairs:
         shared = set(a) & set(w)
         if shared:
             raise PromptError(
-                f"Pair {i}: answer and wrong answer share tokens {_token_strings(tokenizer, sorted(shared))}, "
+                f"Pair {i}: answer and wrong answer share tokens {token_pieces(tokenizer, sorted(shared))}, "
                 "so they cancel in the logit difference. Make them disjoint."
             )
     lengths_tensor = torch.tensor(lengths, dtype=torch.long)

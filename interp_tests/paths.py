@@ -35,7 +35,7 @@ import torch
 
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import ComponentError, InterpWarning, SettingsError, did_you_mean
-from .metrics import AnswerReader, Metric, RunStats, resolve_metric, warn_if_at_chance
+from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .engine import (
@@ -191,7 +191,7 @@ def path_patch(
         clean_logits, clean_cache = run(model, tokens, source, all_prompts, cache_sites=("head",), prefix=prefix)
         corrupt_logits, target_cache = run(model, tokens, target, all_prompts, cache_sites=("head", "out"), prefix=prefix)
         reader.set_clean(clean_logits)
-        warn_if_at_chance(*reader.accuracy(clean_logits))
+        clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
@@ -203,7 +203,7 @@ def path_patch(
     result = sweep_result(
         model, tokens, grid, patched, clean_stats, corrupt_stats, metric=name, method="path",
         rows_per_pass=per_pass, component="attn_head", positions="all", corruption=corruption,
-        direction="denoise", window=1, seed=seed, noise_scale=noise_scale, custom=custom,
+        direction="denoise", window=1, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
     )
     result.settings["receivers"] = [r.label for r in parsed]
     result.settings["senders"] = senders

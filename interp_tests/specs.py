@@ -65,9 +65,9 @@ class TaskSpec:
         return f"{self.name} ({options})"
 
     def as_claim(self) -> dict[str, Any]:
-        """The claims-file ``task:``; a file path is absolute, since claims read paths relative to their file."""
+        """The claims-file ``task:``, with a file path as it was given (claims read it relative to their file)."""
         if self.file is not None:
-            return {"file": str(self.file.resolve()), **({} if self.n is None else {"n": self.n})}
+            return {"file": self.file.as_posix(), **({} if self.n is None else {"n": self.n})}
         counts = {key: value for key, value in (("n", self.n), ("seed", self.seed)) if value is not None}
         return {"name": self.name, **counts, **self.variant}
 

@@ -83,8 +83,8 @@ def test_sweep_prints_evaluation_table_and_detections(sweep_run: dict) -> None:
 def test_sweep_claim_is_valid_yaml_with_the_detected_labels(sweep_run: dict, model_dir: Path, pairs_file: Path) -> None:
     document = claim_document(sweep_run["out"])
     check_schema(document)
-    assert document["model"] == str(model_dir.resolve())
-    assert document["task"] == {"file": str(pairs_file.resolve())}
+    assert document["model"] == str(model_dir)
+    assert document["task"] == {"file": pairs_file.as_posix()}
     report = json.loads(sweep_run["json"].read_text())
     first = document["claims"][0]
     assert first["sweep"] == {"component": "attn_head", "corruption": "str", "metric": "logit_diff"}
@@ -132,6 +132,17 @@ def test_claim_without_detections_says_nothing_stands_out() -> None:
     assert claim["expect"] == {"not_detected": [label for label, _ in result.top(3, sign="both")], "sign": "both", "sd": 2}
 
 
+def test_claim_below_an_unreachable_threshold_ranks_instead_of_a_not_detected_that_cannot_fail() -> None:
+    from interp_tests.plugin.yaml_claims import parse_claims
+
+    result = planted_result("mlp", strength=0.0)  # 12 layers: the largest possible z is sqrt(11) = 3.32 < 4
+    text = claim_yaml(sweep_claim("organism", task_spec("ioi", 8, 1, []), result, sd=4.0))
+    assert parse_claims(text, Path("test_found.yaml"))[1] == []
+    (claim,) = yaml.safe_load(text)["claims"]
+    first = result.top(1)[0][0]
+    assert claim["name"].startswith(f"{first} has the largest effect") and claim["expect"] == {"top_k": {"labels": [first], "k": 1}}
+
+
 def test_evaluate_on_a_generated_task(model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     status = main(["evaluate", "--model", str(model_dir), "--task", "ioi", "--n", "4", "--seed", "1",
                    "--variant", "corrupt=S2"])
@@ -177,6 +188,35 @@ def test_help_lists_the_options(capsys: pytest.CaptureFixture) -> None:
     assert main(["sweep", "--help"]) == 0
     out = capsys.readouterr().out
     assert all(option in out for option in ("--component", "--variant KEY=VALUE", "--heatmap PNG", "--progress"))
+
+
+def test_sweep_claim_names_the_paths_as_given(model_dir: Path, pairs_file: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(model_dir.parent)
+    assert main(["sweep", "--model", model_dir.name, "--task", pairs_file.name, "--component", "mlp"]) == 0
+    document = claim_document(capsys.readouterr().out)
+    assert document["model"] == model_dir.name and document["task"] == {"file": pairs_file.name}
+
+
+def test_options_are_not_matched_by_prefix(capsys: pytest.CaptureFixture) -> None:
+    # '--corrupt S2' (meant as the task's corrupt option) would otherwise be read as --corruption.
+    assert main(["sweep", "--model", "organism", "--task", "ioi", "--corrupt", "S2"]) == 2
+    assert "unrecognized arguments: --corrupt S2" in capsys.readouterr().err
+    assert main(["evaluate", "--model", "organism", "--task", "ioi", "--nois", "1"]) == 2
+    assert "unrecognized arguments: --nois" in capsys.readouterr().err
+
+
+def test_help_shows_examples(capsys: pytest.CaptureFixture) -> None:
+    for argv, example in ((["--help"], "python -m interp_tests"), (["sweep", "--help"], "interp-tests sweep --model organism"),
+                          (["evaluate", "--help"], "interp-tests evaluate --model organism")):
+        assert main(argv) == 0
+        out = capsys.readouterr().out
+        assert "examples:" in out and example in out
+
+
+def test_python_dash_m_interp_tests_runs_the_command_line() -> None:
+    done = subprocess.run([sys.executable, "-m", "interp_tests", "evaluate", "--model", "organism", "--task", "ioj"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("interp-tests: error: Unknown task 'ioj'")
 
 
 def test_missing_model_exits_2(capsys: pytest.CaptureFixture) -> None:

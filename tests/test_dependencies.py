@@ -49,7 +49,7 @@ print("ok")
 
 
 def test_sweeps_attribution_and_grids_on_the_organism(tmp_path: Path) -> None:
-    done = run_strict(["-c", SWEEPS.format(model="organism", pairs="it.tasks.ioi(n=8)")], tmp_path)
+    done = run_strict(["-c", SWEEPS.format(model="organism", pairs="it.tasks.greater_than(n=8)")], tmp_path)
     assert_no_deprecation(done)
     assert done.stdout.strip() == "ok"
 

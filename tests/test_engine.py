@@ -143,6 +143,22 @@ PADDED = it.PromptPairs(
     answer=["Anna", "Mary", "Mary"],
     wrong=["Tom", "John", "Bob"],
 )
+# Three prompts of one length (15 tokens) that still share a 6-token prefix and end on different words: what a
+# position-by-position sweep accepts (patch refuses "each" on prompts of different lengths).
+SAME_LENGTH = it.PromptPairs(
+    clean=[
+        "When Tom and Anna went , Tom gave a book and then a drink to",
+        "When John and Mary went to the store , John gave a drink then to",
+        "When Bob and Mary went to the shop and then , Bob gave a drink",
+    ],
+    corrupted=[
+        "When Tom and Anna went , Anna gave a book and then a drink to",
+        "When John and Mary went to the store , Mary gave a drink then to",
+        "When Bob and Mary went to the shop and then , Mary gave a drink",
+    ],
+    answer=["Anna", "Mary", "Mary"],
+    wrong=["Tom", "John", "Bob"],
+)
 KINDS = ["attn_head", "attn", "mlp", "resid"]
 SEED = 7  # not patch's default, so a sweep that ignored its seed would fail
 
@@ -380,15 +396,16 @@ def test_fast_paths_match_reference_on_a_padded_batch(arch, kind, direction, cor
 @pytest.mark.parametrize("corruption", ["str", "gn"])
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 @pytest.mark.parametrize("kind", ["attn_head", "mlp", "resid"])
-def test_each_position_matches_reference_on_a_padded_batch(kind, direction, corruption):
+def test_each_position_matches_reference_with_a_shared_prefix(kind, direction, corruption):
     """One position at a time, all rows of a layer in one pass: cells inside the shared prefix (which the engine
-    never runs) and past a short prompt's end (padding) must equal the unpatched run, every other cell the naive
-    sweep. One architecture: position bookkeeping is the engine's, not the adapter's (each adapter is above)."""
+    never runs) must equal the unpatched run, every other cell the naive sweep. One architecture: position
+    bookkeeping is the engine's, not the adapter's (each adapter is above)."""
     model = build("llama")
-    assert shared_prefix_length(model, PADDED, corruption) == 6
-    result = it.patch(model, PADDED, kind, corruption, positions="each", direction=direction, seed=SEED)
-    assert result.shape == ((3, 19, 4) if kind == "attn_head" else (3, 19))
-    reference = reference_sweep(model, PADDED, kind, positions="each", direction=direction, corruption=corruption, seed=SEED)
+    assert shared_prefix_length(model, SAME_LENGTH, corruption) == 6
+    assert SAME_LENGTH.tokenize(model.tokenizer).lengths.tolist() == [15, 15, 15]
+    result = it.patch(model, SAME_LENGTH, kind, corruption, positions="each", direction=direction, seed=SEED)
+    assert result.shape == ((3, 15, 4) if kind == "attn_head" else (3, 15))
+    reference = reference_sweep(model, SAME_LENGTH, kind, positions="each", direction=direction, corruption=corruption, seed=SEED)
     assert_matches_reference(result, reference)
 
 

@@ -124,7 +124,7 @@ def test_window_only_for_layers_and_not_larger_than_the_model():
 
 
 def test_save_load_round_trip_is_lossless(tmp_path):
-    result = it.patch(build("gpt2"), PAIRS, "attn_head", positions="each")
+    result = it.patch(build("gpt2"), PAIRS[:2], "attn_head", positions="each")  # the two 14-token pairs
     path = tmp_path / "result.npz"
     result.save(path)
     loaded = PatchResult.load(path)
@@ -171,3 +171,23 @@ def test_custom_embedding_corruption():
     assert result["resid.0"] == pytest.approx(result.settings["corrupted"]["kl"], abs=1e-5)
     with pytest.raises(SettingsError, match="returns corrupted embeddings of the same shape"):
         it.patch(model, PAIRS, "mlp", corruption=lambda e, t: e[:, :2])
+
+
+def test_a_threshold_above_sqrt_n_minus_1_is_named_unreachable_in_the_failures():
+    from interp_tests.claims import ClaimError
+    from interp_tests.robustness import Grid, Setting
+    from test_reports import planted_result
+
+    result = planted_result("mlp")  # 12 MLP layers: no z-score can exceed sqrt(11) = 3.32
+    unreachable = r"no component can reach \|z\| >= 4 here: with 12 components the largest possible \|z\| is sqrt\(12 - 1\) = 3\.32"
+    for claim in (lambda: result.assert_detected("mlp.1", sd=4), lambda: result.assert_negative("mlp.10", sd=4),
+                  lambda: result.assert_stable("mlp.1", sd=4, n_resamples=50)):
+        with pytest.raises(ClaimError, match=unreachable):
+            claim()
+    setting = Setting("str", None, "prob")
+    grid = Grid(component="mlp", sd=4.0, settings=(setting,), results={setting: result}, invalid={})
+    with pytest.raises(ClaimError, match=unreachable):
+        grid.assert_robust("mlp.1")
+    with pytest.raises(ClaimError) as reachable:
+        result.assert_detected("mlp.2", sd=3)
+    assert "no component can reach" not in str(reachable.value)

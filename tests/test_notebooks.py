@@ -35,7 +35,7 @@ def test_patch_result_dataframe_has_one_row_per_component_with_its_coordinates(m
     assert row["effect"] == pytest.approx(heads["2.1"]) and row["z"] == pytest.approx(heads.zscore("2.1"))
     assert row["rank"] == heads.rank("2.1")
     np.testing.assert_allclose(frame["effect"].to_numpy().reshape(heads.shape), heads.mean)
-    each = it.patch(model, PAIRS, "mlp", positions="each").to_dataframe()
+    each = it.patch(model, PAIRS[[0, 1]], "mlp", positions="each").to_dataframe()  # prompts of one length
     assert list(each.columns) == ["label", "layer", "position", "effect", "z", "rank"]
     assert each.set_index("label").loc["mlp.1@4", ["layer", "position"]].tolist() == [1, 4]
 

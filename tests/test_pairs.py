@@ -8,6 +8,7 @@ import torch
 import interp_tests as it
 from interp_tests.errors import PromptError
 from test_engine import word_tokenizer
+from test_llama2c import STORIES, needs_stories
 
 CLEAN = ["When John and Mary went to the store , John gave a drink to"]
 CORRUPTED = ["When John and Mary went to the store , Mary gave a drink to"]
@@ -111,3 +112,23 @@ def test_prompt_longer_than_context_is_refused():
     with pytest.raises(PromptError, match="more than the model's context of 32"):
         it.patch(model, it.PromptPairs([long], [long], ["Mary"], ["John"]), "mlp", metric="prob")
     assert torch.is_tensor(model.hf.transformer.wte.weight)
+
+
+def test_a_multi_token_answer_shows_the_pieces_and_gpt2_style_space_advice():
+    tok = it.load_model("organism").tokenizer  # byte-level pieces: ' Mary' is 'ĠMary'
+    with pytest.raises(PromptError, match=r"answer\[0\] = ' Mary Mary' is 2 tokens \['ĠMary', 'ĠMary'\] .*GPT-2-style "
+                       r"tokenizer stores a word's leading space in the word's token \('Ġ'\)"):
+        it.PromptPairs(["When Mary and John went to the store, John gave a drink to"], None, [" Mary Mary"],
+                       [" John"]).tokenize(tok)
+
+
+@needs_stories
+def test_a_sentencepiece_answer_with_a_leading_space_is_told_to_drop_it():
+    from interp_tests.llama2c import convert_llama2c
+
+    _, tok = convert_llama2c(STORIES)
+    pairs = it.PromptPairs(["Once upon a time, there was a little girl named Lily. One day,"], None, [" Lily"], ["Tim"])
+    with pytest.raises(PromptError, match=r"' Lily' is 2 tokens \['▁', '▁Lily'\] .*SentencePiece-style .*without one "
+                       r"\(here 'Lily'\)"):
+        pairs.tokenize(tok)
+    assert it.PromptPairs(pairs.clean, None, ["Lily"], ["Tim"]).tokenize(tok).answer_ids == [[tok.convert_tokens_to_ids("▁Lily")]]

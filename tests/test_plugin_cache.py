@@ -229,3 +229,60 @@ def test_attribution_and_exact_sweeps_are_cached_apart_by_method_and_metric(pyte
     second = pytester.runpytest()
     second.assert_outcomes(passed=2)
     second.stdout.fnmatch_lines(["sweeps: 0 computed, 3 from the cache, 4 reused within the session*"])
+
+
+def test_a_cached_sweep_or_circuit_repeats_the_clean_run_warnings(pytester, monkeypatch):
+    """The never-predicted (and at-chance) warnings come from the clean run, which a cached result does not
+    repeat: they are replayed from the result's settings, once per claim, as when it was computed."""
+    from transformers import GPT2LMHeadModel  # noqa: F401  (imported out here: pytester's run would re-import it)
+
+    from interp_tests import tasks
+    from interp_tests.pairs import PromptPairs
+    from pytester_support import interp_warnings
+
+    pairs = tasks.ioi(n=8, seed=0, corrupt="S2")
+    PromptPairs(pairs.clean, pairs.corrupted, [a.strip() for a in pairs.answer],
+                [w.strip() for w in pairs.wrong]).save(pytester.path / "hypotheses" / "unspaced.jsonl")
+    (pytester.path / "hypotheses" / "claims.yaml").write_text(
+        "model: organism\ntask: {file: unspaced.jsonl}\nclaims:\n"
+        "  - {name: head 0.3, expect: {top_k: {labels: ['0.3'], k: 1}}}\n"
+        "  - {name: circuit, circuit: {nodes: ['0.3']}, expect: {score: {at_least: 0.5}}}\n"
+    )
+
+    def never_predicted(result):
+        return [w for w in interp_warnings(result) if "never predicts the answer tokens" in str(w.message)]
+
+    first = pytester.runpytest("-W", "always::interp_tests.errors.InterpWarning")
+    first.assert_outcomes(passed=2)
+    assert len(never_predicted(first)) == 2
+
+    def no_forward_pass(*args, **kwargs):
+        raise AssertionError("a cached claim ran the model")
+
+    monkeypatch.setattr("interp_tests.engine.run", no_forward_pass)
+    second = pytester.runpytest("-W", "always::interp_tests.errors.InterpWarning")
+    second.assert_outcomes(passed=2)
+    second.stdout.fnmatch_lines(["*sweeps: 0 computed, 2 from the cache*"])
+    assert len(never_predicted(second)) == 2
+
+
+def test_clear_cache_empties_it_before_the_session(pytester, tiny_files):
+    write_claims(pytester.path, tiny_files)
+    pytester.runpytest().assert_outcomes(passed=3)
+    assert len(entries(pytester.path)) == 2
+    cleared = pytester.runpytest("--interp-clear-cache")
+    cleared.assert_outcomes(passed=3)
+    cleared.stdout.fnmatch_lines(["interp-tests: cleared the sweep cache (2 files) in *.interp_cache",
+                                  "*sweeps: 2 computed, 0 from the cache*"])
+
+
+def test_a_lock_held_elsewhere_times_out_with_the_reason(tmp_path):
+    from filelock import FileLock
+
+    from interp_tests.errors import InterpError
+
+    cache = SweepCache(tmp_path, lock_timeout=0.1)
+    with cache.locked("k"), FileLock(cache.sweeps / "k2.lock"):
+        with pytest.raises(InterpError, match=r"Waited 0.1 s for the sweep cache lock .*k2\.lock: another process holds it"):
+            with cache.locked("k2"):
+                pass

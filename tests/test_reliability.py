@@ -98,6 +98,22 @@ def _inf_weights(model):
     model.hf.transformer.ln_f.weight.fill_(float("inf"))
 
 
+def test_token_positions_that_are_padding_in_some_prompts_are_refused():
+    # PADDED has prompts of 11, 14 and 19 tokens: position 12 is a real token in two prompts, padding in one.
+    from test_engine import PADDED
+
+    model = build("gpt2")
+    with pytest.raises(PromptError, match=r"different lengths: 11 \(1 prompt\), 14 \(1 prompt\), 19 \(1 prompt\) "
+                       r"tokens\. Positions 11\.\.18 are a real token in some prompts and padding .*positions='last'"):
+        it.patch(model, PADDED, "mlp", positions="each")
+    with pytest.raises(PromptError, match="Position 12 is a real token in some prompts and padding in others"):
+        it.patch(model, PADDED, "mlp", positions=12)
+    with pytest.raises(PromptError, match="different lengths"):
+        it.patch(model, PADDED, "mlp", positions="each", method="attribution")
+    assert it.patch(model, PADDED, "mlp", positions=10).shape == (3,)  # inside every prompt
+    assert it.patch(model, PADDED, "mlp", positions="last").shape == (3,)
+
+
 @pytest.mark.parametrize("damage", [_nan_weights, _inf_weights], ids=["nan weights", "inf weights"])
 def test_nan_or_inf_in_model_outputs_is_an_error(damage):
     model = build("gpt2")
@@ -132,6 +148,36 @@ def test_a_model_at_chance_on_the_task_warns_that_claims_are_meaningless():
     with warnings.catch_warnings():
         warnings.simplefilter("error", InterpWarning)
         it.patch(model, _clean_oriented(model, PAIRS), "mlp", metric="prob")  # accuracy 1: no warning
+
+
+def _unspaced_ioi(n: int) -> PromptPairs:
+    """Organism IOI pairs with the answers' leading space dropped: 'Mary' is a token the model never writes here."""
+    pairs = it.tasks.ioi(n=n, seed=0, corrupt="S1_IO")
+    return PromptPairs(pairs.clean, pairs.corrupted, [a.strip() for a in pairs.answer], [w.strip() for w in pairs.wrong])
+
+
+NEVER_PREDICTED = (r"never predicts the answer tokens: in none of the 8 prompts is an answer token among its 10 most "
+                   r"likely next tokens, and the mean clean P\(answer\) is 0\.0000 \(< 0\.01\)\. The at-chance "
+                   r".*top-1 tokens.*'Ġ\w+' \(decodes to ' \w+'\): \d")
+
+
+@pytest.mark.parametrize("method", ["exact", "attribution", "path", "circuit"])
+def test_answers_the_model_never_predicts_warn_for_every_method(method):
+    # The model prefers 'Mary' over 'John' (accuracy 1, no at-chance warning) yet gives both ~0 probability.
+    model, pairs = it.load_model("organism"), _unspaced_ioi(8)
+    run = {
+        "exact": lambda p: it.patch(model, p, "attn_head"),
+        "attribution": lambda p: it.patch(model, p, "attn_head", method="attribution"),
+        "path": lambda p: it.path_patch(model, p, ["logits"]),
+        "circuit": lambda p: it.circuit_patch(model, p, it.Circuit(["0.2"])),
+    }[method]
+    with pytest.warns(InterpWarning, match=NEVER_PREDICTED):
+        result = run(pairs)
+    assert result.settings["clean_run"]["answer_in_top_k"] == 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", InterpWarning)
+        spaced = run(it.tasks.ioi(n=8, seed=0, corrupt="S1_IO"))
+    assert spaced.settings["clean_run"]["answer_in_top_k"] == 8
 
 
 # -- half precision --------------------------------------------------------------------------------------
@@ -506,3 +552,12 @@ def test_default_batches_follow_the_memory_available(monkeypatch):
     assert engine.batch_bytes(torch.device("cpu")) == engine.CPU_BATCH_BYTES
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (40 * 2**30, 80 * 2**30))
     assert engine.batch_bytes(torch.device("cuda")) == 20 * 2**30
+
+
+def test_evaluate_says_when_it_skips_the_corrupted_run_over_a_length_mismatch():
+    pairs = it.PromptPairs(PAIRS.clean, [*PAIRS.corrupted[:2], PAIRS.corrupted[2] + " the"], PAIRS.answer, PAIRS.wrong)
+    evaluation = it.evaluate(build("gpt2"), pairs)
+    assert evaluation.corrupted_logit_diff is None
+    assert evaluation.corrupted_skipped.startswith("1 of 3 pairs tokenize to different lengths")
+    assert "corrupted run        skipped: 1 of 3 pairs tokenize to different lengths" in str(evaluation)
+    assert it.evaluate(build("gpt2"), PAIRS).corrupted_skipped is None

@@ -30,6 +30,7 @@ MARKERS = (
     "interp test runs on; used by the interp_pairs and interp_sweep fixtures.",
 )
 _PATTERNS = pytest.StashKey[list]()
+_CLEARED = pytest.StashKey[int]()
 
 
 def _add(
@@ -58,6 +59,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                         help="recompute every patching sweep and leave the disk cache alone")
     _add(parser, "--interp-cache-dir", "directory of the sweep cache (default: .interp_cache in the rootdir)",
          metavar="DIR")
+    parser.getgroup("interp").addoption("--interp-clear-cache", dest="interp_clear_cache", action="store_true",
+                                        default=False, help="delete every cached sweep before the session starts")
     _add(parser, "--interp-update-baselines", "write the regression baselines of interp claims instead of comparing "
          "with them (review the diff, then commit)", ini_type="bool", ini_default=False, action="store_true")
     _add(parser, "--interp-remote", "execute models remotely on NDIF through nnsight, for models too large for this "
@@ -150,8 +153,19 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(fixtures, "interp_tests.fixtures")
     config.pluginmanager.register(baselines, "interp_tests.baselines")
     config.stash[SESSION_KEY] = InterpSession(read_options(config), _progress_writer(config))
+    if config.getoption("interp_clear_cache") and not hasattr(config, "workerinput"):  # once, not per xdist worker
+        from .cache import SweepCache
+
+        config.stash[_CLEARED] = SweepCache(config.stash[SESSION_KEY].options.cache_dir).clear()
     config.stash[_PATTERNS] = [_glob_regex(p) for p in config.getini("interp_yaml_patterns")]
     config.pluginmanager.register(ClaimsSummary(config), "interp_tests.summary")
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    cleared = config.stash.get(_CLEARED, None)
+    if cleared is None:
+        return None
+    return f"interp-tests: cleared the sweep cache ({cleared} files) in {config.stash[SESSION_KEY].options.cache_dir}"
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -4,8 +4,9 @@ A sweep's key hashes everything that determines its numbers (model and dataset f
 settings, library version), so re-running an unchanged claim costs no forward pass and any change
 recomputes. Each entry is one file: a JSON header line (format, key, the key's settings, SHA-256 and
 size of the payload) followed by the result's ``.npz`` bytes. Entries are written with
-``files.atomic_write``, so a reader sees a whole entry or none; a per-key ``flock`` makes workers that
-want the same sweep wait for the one computing it and then read its entry.
+``files.atomic_write``, so a reader sees a whole entry or none; a per-key ``filelock`` lock (an OS lock on
+Linux, macOS and Windows, released when its holder dies) makes workers that want the same sweep wait for
+the one computing it and then read its entry, for at most ``LOCK_TIMEOUT`` seconds.
 An entry that fails any check is recomputed, never trusted.
 """
 
@@ -16,18 +17,21 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-try:
-    import fcntl
-except ImportError:  # Windows has no flock; atomic replaces still keep every entry whole.
-    fcntl = None
+from filelock import FileLock, Timeout
 
+from ..errors import InterpError
 from ..files import atomic_write
 
 ENTRY_FORMAT = 1
+# How long a worker waits for another one computing the same sweep (a GPT-2-size sweep takes minutes).
+LOCK_TIMEOUT = 3600.0
+# What the cache directory holds besides its .gitignore: sweep entries and their locks, GN checks.
+CONTENTS = ("sweeps", "checks")
 GITIGNORE = "# Created by interp-tests: cached patching sweeps, safe to delete.\n*\n"
 
 
@@ -43,9 +47,10 @@ def sweep_key(settings: Mapping[str, Any]) -> str:
 class SweepCache:
     """Sweep results stored under ``directory``, one entry file per key."""
 
-    def __init__(self, directory: str | os.PathLike) -> None:
+    def __init__(self, directory: str | os.PathLike, *, lock_timeout: float = LOCK_TIMEOUT) -> None:
         self.directory = Path(directory)
         self.sweeps = self.directory / "sweeps"
+        self.lock_timeout = lock_timeout
 
     def entry_path(self, key: str) -> Path:
         return self.sweeps / f"{key}.sweep"
@@ -60,14 +65,30 @@ class SweepCache:
     def locked(self, key: str) -> Iterator[None]:
         """Hold the key's lock: one worker computes a sweep while the others wait for its entry."""
         self._prepare()
-        with open(self.sweeps / f"{key}.lock", "a+b") as lock:
-            if fcntl is not None:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                if fcntl is not None:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
+        path = self.sweeps / f"{key}.lock"
+        try:
+            lock = FileLock(path, timeout=self.lock_timeout)
+            lock.acquire()
+        except Timeout:
+            raise InterpError(
+                f"Waited {self.lock_timeout:g} s for the sweep cache lock {path}: another process holds it, "
+                "computing the same sweep (or hung). Let it finish, stop it, or run with --interp-no-cache."
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def clear(self) -> int:
+        """Delete every cached entry and check; returns how many files went. The directory and its
+        .gitignore stay."""
+        removed = 0
+        for name in CONTENTS:
+            folder = self.directory / name
+            if folder.is_dir():
+                removed += sum(1 for path in folder.rglob("*") if path.is_file() and path.suffix != ".lock")
+                shutil.rmtree(folder)
+        return removed
 
     def read(
         self, key: str, settings: Mapping[str, Any], load: Callable[[bytes], Any] | None = None
@@ -75,7 +96,6 @@ class SweepCache:
         """The cached result, or None and why an existing entry was rejected (None when there is none).
 
         ``load`` turns the payload into the result (default: a sweep's ``PatchResult``)."""
-        from ..errors import InterpError
         from ..results import PatchResult
 
         path = self.entry_path(key)

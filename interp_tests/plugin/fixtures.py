@@ -258,6 +258,8 @@ class InterpSession:
                     status = "cached"
             self._sweeps[key] = cached
         record.sweeps.append(status)
+        if status != "computed":  # patch() warned when it ran; a cached or reused sweep repeats its warnings
+            _replay_clean_run(self._sweeps[key].settings)
         if corruption == "gn":
             _warn_off_distribution(self._off_distribution(model, tokens, settings))
         result = self._sweeps[key].with_metric(name)
@@ -291,6 +293,8 @@ class InterpSession:
                     status = "cached"
             self._results[key] = cached
         record.sweeps.append(status)
+        if status != "computed":
+            _replay_clean_run(self._results[key].settings)
         return self._results[key]
 
     def _key_settings(self, model: PatchableModel, tokens: TokenizedPairs, kind: str, **settings: Any) -> dict[str, Any]:
@@ -544,6 +548,13 @@ class InterpSession:
         except PlotsUnavailableError as error:  # no matplotlib: the tables are still written
             warnings.warn(f"interp-tests reports: grid figure skipped, CSV and JSON still written. {error}", stacklevel=2)
         record.reports.extend(str(path) for path in paths)
+
+
+def _replay_clean_run(settings: dict[str, Any]) -> None:
+    """The at-chance and never-predicted warnings of the clean run recorded in a result's settings."""
+    from ..metrics import CleanRun
+
+    CleanRun.replay(settings, stacklevel=4)
 
 
 def _warn_off_distribution(check: OffDistribution) -> None:
