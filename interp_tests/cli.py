@@ -36,11 +36,18 @@ SWEEP_EXAMPLES = """examples:
   interp-tests sweep --model organism --task ioi --component attn_head --positions last --metric kl --heatmap ioi.png
   interp-tests sweep --model path/to/model --task pairs.jsonl --n 32 --component mlp --corruption gn
 """
+DISCOVER_EXAMPLES = """examples:
+  interp-tests discover --model organism --task ioi --variant corrupt=S1_IO --method eap_ig --top 50
+  interp-tests discover --model path/to/stories260K.bin --task pairs.yaml --method eap --top 20 --curve curve.png
+"""
+# A discovered faithfulness claim asks for this much less than was measured, rounded down to a multiple of it.
+CLAIM_MARGIN = 0.05
 EVALUATE_EXAMPLES = """examples:
   interp-tests evaluate --model organism --task ioi --n 200 --seed 1
   interp-tests evaluate --model path/to/stories260K.bin --task pairs.yaml
 """
-EXAMPLES = f"""{SWEEP_EXAMPLES}  interp-tests evaluate --model organism --task ioi --n 200 --seed 1
+EXAMPLES = f"""{SWEEP_EXAMPLES}  interp-tests discover --model organism --task ioi --method eap_ig --top 50
+  interp-tests evaluate --model organism --task ioi --n 200 --seed 1
 
 'interp-tests COMMAND --help' lists a command's options; 'python -m interp_tests' runs the same command line.
 """
@@ -233,10 +240,57 @@ def _sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def discover_claim(model: str, task: TaskSpec, scores: Any, curve: Any, *, method: str, steps: int, top: int) -> dict[str, Any]:
+    """A claims-file document for what ``discover`` found: the top edges stay in the top-``top`` circuit, and that
+    circuit stays faithful at the smallest curve fraction whose faithfulness reaches 0.8 (if any does)."""
+    shown = scores.top(min(top, 10))
+    expect: dict[str, Any] = {"contains": {"edges": shown, "top": top}}
+    reached = [(f, v) for f, v in zip(curve.fractions, curve.signed) if v >= 0.8]
+    if reached:
+        fraction, value = reached[0]
+        floor = max(0.0, (int(value / CLAIM_MARGIN) - 1) * CLAIM_MARGIN)
+        expect["faithful"] = {"at_fraction": _number(fraction), "at_least": round(floor, 2)}
+    expect["cmd"] = {"at_most": round((int(curve.cmd / CLAIM_MARGIN) + 2) * CLAIM_MARGIN, 2)}
+    edges: dict[str, Any] = {"method": method, "metric": scores.metric, "corruption": scores.settings.get("corruption", "str")}
+    if method == "eap_ig":
+        edges["steps"] = steps
+    claim = {"name": f"{method} puts {_names(shown)} among its top {top} edges", "edges": edges, "expect": expect}
+    return {"model": model, "task": task.as_claim(), "claims": [claim]}
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from .edge_scoring import edge_attribution, faithfulness_curve
+    from .evaluation import evaluate
+
+    if args.curve:
+        from .reports import require_matplotlib
+
+        require_matplotlib()
+    model, spec, pairs = _load(args)
+    print(f"model {args.model}, task {spec.describe()}\n")
+    print("Task performance")
+    print(evaluate(model, pairs, corruption=args.corruption, seed=args.noise_seed, noise_scale=args.noise_scale))
+    scores = edge_attribution(
+        model, pairs, args.method, steps=args.steps, metric=args.metric, corruption=args.corruption,
+        seed=args.noise_seed, noise_scale=args.noise_scale, batch_size=args.batch_size,
+    )
+    print()
+    print(scores.table(args.top))
+    curve = faithfulness_curve(model, pairs, scores, noise_scale=args.noise_scale, batch_size=args.batch_size)
+    print(f"\n{curve}")
+    print(f"\n{CLAIM_MARKER}")
+    document = discover_claim(args.model, spec, scores, curve, method=args.method, steps=args.steps, top=args.top)
+    print(claim_yaml(document), end="")
+    if args.curve:
+        print(f"\nwrote {curve.figure(args.curve)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .components import KINDS
     from .corruptions import DEFAULT_NOISE_SCALE, NAMES
-    from .metrics import BUILTIN_METRICS
+    from .edge_scoring import METHODS as EDGE_METHODS
+    from .metrics import BUILTIN_METRICS, METRICS
     from .engine import DIRECTIONS
     from .patching import METHODS
 
@@ -277,6 +331,18 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--json", metavar="JSON", help="write effects, z-scores and detections as JSON")
     sweep.add_argument("--progress", action="store_true", help="show a progress bar even when stderr is not a terminal")
     sweep.set_defaults(run=_sweep)
+    discover = commands.add_parser("discover", parents=[common], help="score every edge and print an edge claim",
+                                   description="Score every edge of the model's graph by EAP or EAP-IG, print the top "
+                                   "edges and MIB's faithfulness curve, and a YAML edge claim.",
+                                   epilog=DISCOVER_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   allow_abbrev=False)
+    discover.add_argument("--method", choices=EDGE_METHODS, default="eap_ig", help="default eap_ig")
+    discover.add_argument("--steps", type=_positive(int), default=5, help="EAP-IG interpolation steps (default 5)")
+    discover.add_argument("--metric", choices=METRICS, default="logit_diff", help="default logit_diff")
+    discover.add_argument("--top", type=_positive(int), default=50, help="edges listed and claimed (default 50)")
+    discover.add_argument("--batch-size", type=_positive(int), help="rows per forward pass (default: sized to memory)")
+    discover.add_argument("--curve", metavar="PNG", help="write the faithfulness curve (needs matplotlib)")
+    discover.set_defaults(run=_discover)
     evaluate = commands.add_parser("evaluate", parents=[common], help="print how well the model does the task",
                                    description="Top-1 accuracy, logit difference and P(answer), clean and corrupted.",
                                    epilog=EVALUATE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -253,3 +253,30 @@ def test_attribution_sweep_prints_an_estimate_and_a_claim_that_asks_for_one(mode
     assert all(claim["sweep"]["method"] == "attribution" and claim["sweep"]["grad_drop"] for claim in document["claims"])
     claims, problems = parse_claims(stdout.split(CLAIM_MARKER, 1)[1], model_dir.parent / "test_found.yaml")
     assert problems == [] and claims[0].sweep["method"] == "attribution"
+
+
+def test_discover_prints_the_edges_the_curve_and_a_claim_that_passes(
+    model_dir: Path, pairs_file: Path, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    import interp_tests as it
+
+    status = main(["discover", "--model", str(model_dir), "--task", str(pairs_file), "--method", "eap", "--top", "5",
+                   "--curve", str(tmp_path / "curve.png")])
+    out = capsys.readouterr().out
+    assert status == 0
+    model, pairs = it.load_model(model_dir), it.PromptPairs.load(pairs_file)
+    scores = it.edge_attribution(model, pairs, "eap")
+    assert f"eap edge scores (logit_diff, {len(pairs)} prompts, {len(scores.labels)} edges):" in out
+    assert f"     1 {scores.top(1)[0]:<22} {scores.score(scores.top(1)[0]):+.4f}" in out
+    assert "faithfulness curve: CPR=" in out and (tmp_path / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    document = yaml.safe_load(out.split(CLAIM_MARKER, 1)[1].split("\nwrote ", 1)[0])
+    claim = document["claims"][0]
+    assert claim["edges"] == {"method": "eap", "metric": "logit_diff", "corruption": "str"}
+    assert claim["expect"]["contains"] == {"edges": scores.top(5), "top": 5}
+    file = tmp_path / "hypotheses" / "claims.yaml"
+    file.parent.mkdir()
+    file.write_text(yaml.safe_dump(document))
+    from interp_tests.plugin.yaml_claims import parse_claims
+
+    claims, problems = parse_claims(file.read_text(), file)
+    assert not problems and claims[0].edges == claim["edges"]

@@ -160,3 +160,39 @@ def test_circuit_and_path_fixtures_are_cached(pytester, tiny_files, tiny_circuit
     again = pytester.runpytest()
     again.assert_outcomes(passed=2)
     again.stdout.fnmatch_lines(["sweeps: 0 computed, 3 from the cache, 1 reused within the session*"])
+
+
+def test_yaml_edge_claims_check_ranks_containment_and_the_curve(pytester, tiny_files):
+    model, pairs = it.load_model(tiny_files / "model"), it.PromptPairs.load(tiny_files / "pairs.jsonl")
+    scores = it.edge_attribution(model, pairs, "eap_ig", steps=3)
+    curve = it.faithfulness_curve(model, pairs, scores)
+    first, second, low = scores.top(1)[0], scores.top(2)[1], scores.top(40)[-1]
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: the top edges hold
+          edges: {{method: eap_ig, steps: 3}}
+          expect:
+            in_top: {{edges: ["{first}", "{second}"], k: 2}}
+            contains: {{edges: ["{first}"], top: 1}}
+            faithful: {{at_fraction: 0.5, at_least: {curve.at(0.5) - 0.01:.4f}}}
+            cmd: {{at_most: {curve.cmd + 0.01:.4f}}}
+        - name: a low edge is not on top
+          edges: {{method: eap_ig, steps: 3}}
+          expect:
+            in_top: {{edges: ["{low}"], k: 3}}
+        - name: a typo
+          edges: {{method: eap_ig, stepz: 3}}
+          expect: {{cmd: {{}}}}
+        """,
+    )
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines_random(
+        [
+            f"hypotheses/claims.yaml:14: {low} (rank 40, score *) not in the top 3 edges by abs eap_ig score.",
+            "hypotheses/claims.yaml:16: unknown key `stepz` in `edges` of claim 'a typo'. Did you mean 'steps'? *",
+            "hypotheses/claims.yaml:17: `cmd` in `expect` of claim 'a typo' lacks the required key `at_most`.",
+        ]
+    )

@@ -95,6 +95,18 @@ A claim measures one of: a ``sweep`` (the default), a ``circuit`` or a ``path``:
           metric: logit_diff
         expect: {detected: ["0.2"]}   # the sweep checks but robust and agree_with
 
+      - name: EAP-IG finds the circuit's edges
+        edges:               # edge_attribution() of every edge, defaults shown
+          method: eap_ig         # eap | eap_ig
+          steps: 5
+          metric: logit_diff
+          corruption: str
+        expect:              # at least one of in_top, contains, faithful, cmd
+          in_top: {edges: ["0.2->mlp.0"], k: 20}           # each among the k top-ranked (|score|)
+          contains: {edges: ["0.2->mlp.0"], top: 50}       # the circuit of the top 50 contains these
+          faithful: {at_fraction: 0.02, at_least: 0.8}     # MIB's faithfulness curve at that fraction
+          cmd: {at_most: 0.1}                              # ... and its CMD
+
 A Gaussian-noise sweep (``corruption: gn``, in ``sweep`` or ``robust``) that pushes the residual stream
 off its clean distribution warns with the layers and norms (Zhang & Nanda 2024, section 3.2). A sweep
 with ``window`` > 1 over mlp or attn also runs the single-layer sweep and reports its summed effects next
@@ -129,9 +141,9 @@ if TYPE_CHECKING:
     from ..robustness import Grid
 
 TOP_KEYS = ("model", "task", "claims")
-CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "expect")
+CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "edges", "expect")
 # What a claim measures: at most one of these blocks (none: a sweep with the defaults).
-MEASURES = ("sweep", "circuit", "path")
+MEASURES = ("sweep", "circuit", "path", "edges")
 TASK_FILE_KEYS = ("file", "n")
 CHECK_KEYS = ("detected", "not_detected", "negative", "top_k", "peak", "baseline", "stable", "agree_with", "robust")
 MINIMUMS = ("min_spearman", "min_kendall", "min_jaccard")
@@ -145,6 +157,7 @@ APPLIES_TO = {
 EXPECT_KEYS = (*CHECK_KEYS, "sd", *APPLIES_TO)
 # The checks of a `circuit:` claim, and the sweep checks a `path:` claim cannot make (it has no grid or twin).
 CIRCUIT_CHECKS = ("score", "complete", "minimal", "baseline")
+EDGE_CHECKS = ("in_top", "contains", "faithful", "cmd")
 NOT_FOR_PATHS = ("robust", "agree_with", *MINIMUMS, "at_least")
 WINDOWED_KINDS = ("mlp", "attn")
 EXAMPLE = "model: organism\ntask: {name: ioi, n: 64}\nclaims:\n  - name: ...\n    expect: {detected: ['9.9']}"
@@ -248,6 +261,10 @@ class Expectation:
     score: dict[str, float] | None = None
     complete: dict[str, Any] | None = None
     minimal: dict[str, Any] | None = None
+    in_top: dict[str, Any] | None = None
+    contains: dict[str, Any] | None = None
+    faithful: dict[str, Any] | None = None
+    cmd: dict[str, Any] | None = None
     lines: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -274,6 +291,7 @@ class Claim:
     expect: Expectation
     circuit: dict[str, Any] | None = None
     path: dict[str, Any] | None = None
+    edges: dict[str, Any] | None = None
 
 
 def _is_int(value: Any) -> bool:
@@ -373,10 +391,42 @@ COMPLETE_TYPES: FieldTypes = {
     "samples": (lambda v: _is_int(v) and v >= 0, "a number of random subsets >= 0 (e.g. samples: 20)"),
     "greedy_steps": (lambda v: _is_int(v) and v >= 0, "a number of greedy steps >= 0 (e.g. greedy_steps: 3)"),
 }
+EDGES_TYPES: FieldTypes = {
+    "method": (_is_str, "eap or eap_ig"),
+    "steps": (_is_positive_int, "a positive integer: EAP-IG's interpolation steps (e.g. steps: 5)"),
+    **{key: SWEEP_TYPES[key] for key in ("corruption", "metric", "seed", "noise_scale", "batch_size")},
+}
+IN_TOP_TYPES: FieldTypes = {
+    "edges": (_is_names, 'a non-empty list of edge labels (e.g. ["5.5->9.9.q"])'),
+    "k": (_is_positive_int, "a positive integer (e.g. k: 20)"),
+}
+CONTAINS_TYPES: FieldTypes = {
+    "edges": IN_TOP_TYPES["edges"],
+    "top": (_is_positive_int, "a positive integer: the circuit of that many top-ranked edges (e.g. top: 50)"),
+}
+FAITHFUL_TYPES: FieldTypes = {
+    "at_fraction": (lambda v: _is_number(v) and 0 < v <= 1, "a share of the edges in (0, 1], one of the curve's (e.g. 0.02)"),
+    "at_least": (_is_number, "a number (e.g. at_least: 0.8)"),
+}
+CMD_TYPES: FieldTypes = {"at_most": (_is_non_negative, "a number >= 0 (e.g. at_most: 0.1)")}
 MINIMAL_TYPES: FieldTypes = {
     "min_effect": (_is_non_negative, "a number >= 0, a share of the full-vs-empty gap (e.g. 0.01)"),
     "samples": (lambda v: _is_int(v) and v >= 0, "a number of random subsets >= 0 (e.g. samples: 5)"),
 }
+# Per measure, its checks: (key, what the check's mapping takes, the keys it needs, an example).
+MEASURE_CHECKS: dict[str, list[tuple[str, FieldTypes, tuple[str, ...], str]]] = dict(
+    circuit=[
+        ("score", SCORE_TYPES, (), "{at_least: 0.8}"),
+        ("complete", COMPLETE_TYPES, (), "{max_incompleteness: 0.1}"),
+        ("minimal", MINIMAL_TYPES, (), "{min_effect: 0.01}"),
+    ],
+    edges=[
+        ("in_top", IN_TOP_TYPES, ("edges", "k"), '{edges: ["5.5->9.9.q"], k: 20}'),
+        ("contains", CONTAINS_TYPES, ("edges", "top"), '{edges: ["5.5->9.9.q"], top: 50}'),
+        ("faithful", FAITHFUL_TYPES, ("at_fraction", "at_least"), "{at_fraction: 0.02, at_least: 0.8}"),
+        ("cmd", CMD_TYPES, ("at_most",), "{at_most: 0.1}"),
+    ],
+)
 ATTRIBUTION_KEYS = ("grad_drop", "verify_top", "verify_tolerance")
 # What each qualifying key of `expect` must be.
 EXPECT_TYPES: FieldTypes = {
@@ -500,13 +550,15 @@ class _Checker:
             self.settings(value, where, SWEEP_TYPES)
         return {k: v for k, v in value.items() if k in SWEEP_KEYS} if clean[0] else None
 
-    def block(self, value: Any, line: int, where: str, types: FieldTypes, required: str, example: str) -> dict[str, Any] | None:
-        """A `circuit:` or `path:` block: known keys, checked values, the required one present."""
+    def block(
+        self, value: Any, line: int, where: str, types: FieldTypes, required: str | None, example: str
+    ) -> dict[str, Any] | None:
+        """A `circuit:`, `path:` or `edges:` block: known keys, checked values, the required one present."""
         if not self.mapping(value, line, where, example):
             return None
         labels = [key for key in ("nodes", "universe", "receivers") if key in types]
         with self.counting() as clean:
-            self.keys(value, where, tuple(types), (required,))
+            self.keys(value, where, tuple(types), () if required is None else (required,))
             for key, (accepts, expected) in types.items():
                 if key in labels and key in value and isinstance(value[key], list):
                     self.labels(value, key, where)  # says which item is wrong, and how
@@ -525,30 +577,36 @@ class _Checker:
             self.settings(value, where, ROBUST_TYPES)
         return {k: list(v) if isinstance(v, list) else v for k, v in value.items()} if clean[0] else None
 
-    def circuit_expect(self, value: Any, line: int, where: str) -> Expectation | None:
-        """The checks of a circuit claim: score, complete, minimal and baseline."""
-        if not self.mapping(value, line, where, "{score: {at_least: 0.8}}"):
+    def measure_expect(self, value: Any, line: int, where: str, measure: str) -> Expectation | None:
+        """The checks of a circuit claim (score, complete, minimal, baseline) or an edges claim (in_top,
+        contains, faithful, cmd)."""
+        checks = MEASURE_CHECKS[measure]
+        allowed = [key for key, *_ in checks] + (["baseline"] if measure == "circuit" else [])
+        if not self.mapping(value, line, where, f"{{{checks[0][0]}: {checks[0][3]}}}"):
             return None
         fields: dict[str, Any] = {"lines": dict(value.lines)}
         with self.counting() as clean:
-            self.keys(value, where, CIRCUIT_CHECKS)
-            if not any(key in value for key in CIRCUIT_CHECKS):
-                self.problem(value.line, f"{where} checks nothing: give at least one of {', '.join(CIRCUIT_CHECKS)}.")
-            for key, types, example in (
-                ("score", SCORE_TYPES, "{at_least: 0.8}"),
-                ("complete", COMPLETE_TYPES, "{max_incompleteness: 0.1}"),
-                ("minimal", MINIMAL_TYPES, "{min_effect: 0.01}"),
-            ):
+            self.keys(value, where, allowed)
+            if not any(key in value for key in allowed):
+                self.problem(value.line, f"{where} checks nothing: give at least one of {', '.join(allowed)}.")
+            for key, types, needs, example in checks:
                 if key not in value:
                     continue
                 what = f"`{key}` in {where}"
                 entry = _Map(value.lines[key]) if value[key] is None else value[key]
                 if self.mapping(entry, value.lines[key], what, example):
-                    self.settings(entry, what, types)
+                    with self.counting() as entry_clean:
+                        self.keys(entry, what, tuple(types), needs)
+                        for name, (accepts, expected) in types.items():
+                            if name == "edges" and isinstance(entry.get(name), list):
+                                self.labels(entry, name, what)
+                            else:
+                                self.field(entry, name, what, accepts, expected)
                     if key == "score" and not entry:
                         self.problem(value.lines[key], f"{what} needs at_least and/or at_most (e.g. {example}).")
-                    fields[key] = dict(entry)
-            if "baseline" in value:
+                    if entry_clean[0]:
+                        fields[key] = {k: list(v) if isinstance(v, list) else v for k, v in entry.items()}
+            if "baseline" in value and measure == "circuit":
                 fields["baseline"] = self._baseline(value["baseline"], value.lines["baseline"], f"`baseline` in {where}")
         return Expectation(**fields) if clean[0] else None
 
@@ -715,8 +773,8 @@ def _claim(
                 item.lines[given[1]],
                 f"{where} gives both `{given[0]}` and `{given[1]}`: a claim measures one thing. Split it into two claims.",
             )
-        if "robust" in item and ("circuit" in item or "path" in item):
-            check.problem(item.lines["robust"], f"`robust` of {where} is a grid of sweeps; it does not apply to circuit or path claims.")
+        if "robust" in item and any(key in item for key in MEASURES[1:]):
+            check.problem(item.lines["robust"], f"`robust` of {where} is a grid of sweeps; it does not apply to circuit, path or edges claims.")
         if "sweep" in item:
             sweep = check.sweep(item["sweep"], item.lines["sweep"], f"`sweep` of {where}")
         if "circuit" in item:
@@ -728,6 +786,10 @@ def _claim(
             path = check.block(
                 item["path"], item.lines["path"], f"`path` of {where}", PATH_TYPES, "receivers", '{receivers: ["9.9.q"]}'
             )
+        edges = None
+        if "edges" in item:
+            value = _Map(item.lines["edges"]) if item["edges"] is None else item["edges"]
+            edges = check.block(value, item.lines["edges"], f"`edges` of {where}", EDGES_TYPES, None, "{method: eap_ig, steps: 5}")
         if "robust" in item:
             robust = check.robust(item["robust"], item.lines["robust"], f"`robust` of {where}")
             if not (isinstance(item.get("expect"), _Map) and "robust" in item["expect"]):
@@ -737,8 +799,9 @@ def _claim(
                     "Add one (e.g. robust: [\"9.9\"], at_least: 4) or remove this key.",
                 )
         if "expect" in item:
-            if "circuit" in item:
-                expect = check.circuit_expect(item["expect"], item.lines["expect"], f"`expect` of {where}")
+            measure = next((key for key in ("circuit", "edges") if key in item), None)
+            if measure is not None:
+                expect = check.measure_expect(item["expect"], item.lines["expect"], f"`expect` of {where}", measure)
             else:
                 expect = check.expect(item["expect"], item.lines["expect"], f"`expect` of {where}", path="path" in item)
     for key in ("model", "task"):
@@ -747,14 +810,14 @@ def _claim(
     model = item.get("model", top.get("model"))
     if not clean[0] or task is None or sweep is None or robust is None or expect is None or not _is_str(model):
         return None
-    if ("circuit" in item and circuit is None) or ("path" in item and path is None):
+    if ("circuit" in item and circuit is None) or ("path" in item and path is None) or ("edges" in item and edges is None):
         return None
     return Claim(
         name=name, line=line, model=model, model_line=item.lines.get("model", top.lines.get("model", line)),
         task=task, task_line=item.lines.get("task", top.lines.get("task", line)),
         sweep=sweep, sweep_line=next((item.lines[key] for key in MEASURES if key in item), line),
         robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
-        circuit=circuit, path=path,
+        circuit=circuit, path=path, edges=edges,
     )
 
 
@@ -861,6 +924,9 @@ class ClaimItem(pytest.Item):
         if claim.circuit is not None:
             self._run_circuit_claim(model, pairs, record, name)
             return
+        if claim.edges is not None:
+            self._run_edges_claim(model, pairs)
+            return
         result = grid = None
         context = []
         if claim.path is not None:
@@ -892,6 +958,34 @@ class ClaimItem(pytest.Item):
                     failures.append((where, error))
         if failures:
             raise ClaimFailures(failures, context)
+
+    def _run_edges_claim(self, model: Any, pairs: Any) -> None:
+        """An `edges:` claim: every edge scored (EAP or EAP-IG; not cached: two forward passes and a backward
+        pass per step), the faithfulness curve when a check reads it, then each check of `expect` in order."""
+        from ..edge_scoring import edge_attribution, faithfulness_curve
+
+        claim, e = self.claim, self.claim.expect
+        settings = {"method": "eap_ig", **claim.edges}
+        with _blame(self._where(claim.sweep_line)):
+            scores = edge_attribution(model, pairs, **settings)
+        curves: list[Any] = []
+
+        def curve() -> Any:
+            if not curves:
+                options = {k: v for k, v in settings.items() if k in ("batch_size", "noise_scale")}
+                curves.append(faithfulness_curve(model, pairs, scores, **options))
+            return curves[0]
+
+        checks: list[tuple[str, Callable[[], Any]]] = []
+        if e.in_top is not None:
+            checks.append(("in_top", lambda: scores.assert_in_top(*e.in_top["edges"], k=e.in_top["k"])))
+        if e.contains is not None:
+            checks.append(("contains", lambda: scores.circuit(top=e.contains["top"]).contains(e.contains["edges"])))
+        if e.faithful is not None:
+            checks.append(("faithful", lambda: curve().assert_faithful(**e.faithful)))
+        if e.cmd is not None:
+            checks.append(("cmd", lambda: curve().assert_cmd(**e.cmd)))
+        self._run_checks(checks)
 
     def _run_circuit_claim(self, model: Any, pairs: Any, record: ItemRecord, name: str) -> None:
         """A `circuit:` claim: its score (cached), then each check of `expect` in order."""
