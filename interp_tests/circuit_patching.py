@@ -42,12 +42,11 @@ from .engine import (
     Progress,
     progress_reporter,
     NO_PREFIX,
-    OUT_OF_MEMORY,
     Pairs,
     SharedPrefix,
     check_choice,
     eval_mode,
-    halve_after_out_of_memory,
+    in_passes,
     rows_per_pass,
     run,
     shared_prefix,
@@ -188,27 +187,22 @@ def masked_stats(
     if graph is not None and batch_size is None:
         per_pass = max(1, per_pass // graph.row_cost())
     out: dict[str, torch.Tensor] = {}
-    begin = 0
-    while begin < len(rows):
-        chunk = rows[begin : begin + per_pass]
-        try:
-            if graph is None:
-                logits = _masked_pass(model, tokens, target, target_cache, prefix, runs, chunk)
-            else:
-                logits = edge_pass(model, graph, tokens, target, target_cache, prefix, runs, chunk)
-        except OUT_OF_MEMORY:
-            logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
-        if logits is None:
-            per_pass = halve_after_out_of_memory(model, tokens, len(chunk))
-            continue
+
+    def run_rows(chunk: Sequence[tuple[int, int]]) -> torch.Tensor:
+        if graph is None:
+            return _masked_pass(model, tokens, target, target_cache, prefix, runs, chunk)
+        return edge_pass(model, graph, tokens, target, target_cache, prefix, runs, chunk)
+
+    def take(chunk: Sequence[tuple[int, int]], logits: torch.Tensor) -> None:
         prompts = torch.tensor([p for _, p in chunk])
         stats = reader.stats(logits, prompts)
         run_index = torch.tensor([r for r, _ in chunk])
         for f, value in stats.values.items():
             out.setdefault(f, torch.full((len(runs), tokens.n), torch.nan))[run_index, prompts] = value
-        begin += len(chunk)
         if on_pass is not None:
             on_pass(len(chunk))
+
+    in_passes(model, tokens, rows, per_pass, run_rows, take)
     return [RunStats({f: value[r] for f, value in out.items()}) for r in range(len(runs))]
 
 

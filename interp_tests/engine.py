@@ -13,7 +13,7 @@ import copy
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -448,6 +448,35 @@ def sweep_result(
 
 def _summary(stats: RunStats) -> dict[str, float]:
     return {name: float(value.mean()) for name, value in stats.values.items()}
+
+
+Row = TypeVar("Row")
+
+
+def in_passes(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    rows: Sequence[Row],
+    per_pass: int,
+    run_rows: Callable[[Sequence[Row]], torch.Tensor],
+    take: Callable[[Sequence[Row], torch.Tensor], None],
+) -> int:
+    """Run ``rows`` in forward passes of ``per_pass`` rows (``run_rows(chunk) -> last-token logits``), handing
+    each pass's logits to ``take(chunk, logits)``. A pass that runs out of device memory is retried with half its
+    rows, down to one; returns the rows per pass that fit."""
+    begin = 0
+    while begin < len(rows):
+        chunk = rows[begin : begin + per_pass]
+        try:
+            logits = run_rows(chunk)
+        except OUT_OF_MEMORY:
+            logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
+        if logits is None:
+            per_pass = halve_after_out_of_memory(model, tokens, len(chunk))
+            continue
+        take(chunk, logits)
+        begin += len(chunk)
+    return per_pass
 
 
 def halve_after_out_of_memory(model: PatchableModel, tokens: TokenizedPairs, rows: int) -> int:

@@ -108,27 +108,26 @@ def patched_stats(
             by_layer[min(s.layer for s in cell_sites)].extend((c, p) for p in range(tokens.n))
     total = sum(len(rows) for rows in by_layer.values())
     done = 0
+
+    def take(chunk: Sequence[tuple[int, int]], logits: torch.Tensor) -> None:
+        nonlocal done
+        prompt_index = torch.tensor([p for _, p in chunk])
+        stats = reader.stats(logits, prompt_index)
+        cell_index = torch.tensor([c for c, _ in chunk])
+        for f, value in out.items():
+            value[cell_index, prompt_index] = stats[f]
+        done += len(chunk)
+        if progress is not None:
+            progress(done, total)
+
     for layer, rows in sorted(by_layer.items()):
-        begin = 0
-        while begin < len(rows):
-            chunk = rows[begin : begin + rows_per_pass]
-            prompts = [p for _, p in chunk]
-            try:
-                logits, _ = engine.run(
-                    model, tokens, target, prompts, row_sites=[sites[c] for c, _ in chunk], cache=cache,
-                    prefix=prefix, resume_at=layer,
-                )
-            except engine.OUT_OF_MEMORY:
-                logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
-            if logits is None:
-                rows_per_pass = engine.halve_after_out_of_memory(model, tokens, len(chunk))
-                continue
-            begin += len(chunk)
-            stats = reader.stats(logits, torch.tensor(prompts))
-            cell_index, prompt_index = torch.tensor([c for c, _ in chunk]), torch.tensor(prompts)
-            for f, value in out.items():
-                value[cell_index, prompt_index] = stats[f]
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
+
+        def run_rows(chunk: Sequence[tuple[int, int]], layer: int = layer) -> torch.Tensor:
+            logits, _ = engine.run(
+                model, tokens, target, [p for _, p in chunk], row_sites=[sites[c] for c, _ in chunk], cache=cache,
+                prefix=prefix, resume_at=layer,
+            )
+            return logits
+
+        rows_per_pass = engine.in_passes(model, tokens, rows, rows_per_pass, run_rows, take)
     return RunStats(out), rows_per_pass

@@ -39,13 +39,12 @@ from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_me
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .engine import (
-    OUT_OF_MEMORY,
     Pairs,
     Progress,
     SharedPrefix,
     eval_mode,
     final_logits,
-    halve_after_out_of_memory,
+    in_passes,
     pass_inputs,
     prepare_sweep,
     progress_reporter,
@@ -236,17 +235,12 @@ def _path_stats(
     done = 0
     for layer, rows in by_layer.items():
         reads = {} if has_logits else {l: a for l, a in accesses.items() if l > layer}
-        begin = 0
-        while begin < len(rows):
-            chunk = rows[begin : begin + per_pass]
-            try:
-                logits = _path_run(model, tokens, target, clean_cache, target_cache, prefix, layer, chunk, reads, has_logits)
-            except OUT_OF_MEMORY:
-                logits = None  # retried below, outside the handler, so the failed pass's tensors are freed
-            if logits is None:
-                per_pass = halve_after_out_of_memory(model, tokens, len(chunk))
-                continue
-            begin += len(chunk)
+
+        def run_rows(chunk: Sequence[tuple[int, int]], layer: int = layer, reads: Any = reads) -> torch.Tensor:
+            return _path_run(model, tokens, target, clean_cache, target_cache, prefix, layer, chunk, reads, has_logits)
+
+        def take(chunk: Sequence[tuple[int, int]], logits: torch.Tensor, layer: int = layer) -> None:
+            nonlocal done
             prompts = torch.tensor([p for _, p in chunk])
             cells = torch.tensor([layer * n_heads + head for head, _ in chunk])
             stats = reader.stats(logits, prompts)
@@ -255,6 +249,8 @@ def _path_stats(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
+
+        per_pass = in_passes(model, tokens, rows, per_pass, run_rows, take)
     return RunStats(out), per_pass
 
 
