@@ -12,7 +12,6 @@ imports torch until a fixture is used, so the plugin costs nothing to suites tha
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import os
 import warnings
@@ -112,10 +111,9 @@ class InterpSession:
         self._write_line = write_line  # where progress lines go (pytest -v's terminal), or None for silence
         self._models: dict[str, PatchableModel | InterpError] = {}
         self._pairs: dict[str, PromptPairs] = {}
-        self._sweeps: dict[str, PatchResult] = {}
         self._distributions: dict[str, OffDistribution] = {}
         self._verifications: dict[tuple[str, int], AttributionComparison] = {}
-        self._results: dict[str, Any] = {}  # circuit scores, subset searches, path patching, by cache key
+        self._results: dict[str, Any] = {}  # sweeps, circuit scores, subset searches, path patching, by cache key
 
     def progress(self, what: str) -> Callable[[int, int], None] | None:
         """A ``progress(done, total)`` that writes ``what`` and its count at each quarter of a computation."""
@@ -195,7 +193,7 @@ class InterpSession:
         from .. import __version__, engine, patching
         from ..corruptions import DEFAULT_NOISE_SCALE, corruption_name
         from ..metrics import BUILTIN_METRICS, resolve_metric
-        from .cache import SweepCache, sweep_key
+        from .cache import sweep_key
 
         if verify_top is not None and method != "attribution":
             raise SettingsError(
@@ -239,40 +237,23 @@ class InterpSession:
             settings["metrics"] = [*BUILTIN_METRICS, *(m.name for m in custom)]
         if corruption == "gn":
             settings["noise_scale"] = noise_scale
-        key = sweep_key(settings)
-        if key in self._sweeps:
-            status = "reused"
-        elif not self.options.cache:
-            self._sweeps[key], status = compute(), "computed"
-        else:
-            cache = SweepCache(self.options.cache_dir)
-            with cache.locked(key):
-                cached, problem = cache.read(key, settings)
-                if cached is None:
-                    cached, status = compute(), "computed"
-                    cache.write(key, settings, cached)
-                    if problem:
-                        entry = cache.entry_path(key)
-                        record.notes.append(f"cache entry {entry} was rejected ({problem}) and recomputed")
-                else:
-                    status = "cached"
-            self._sweeps[key] = cached
-        record.sweeps.append(status)
-        if status != "computed":  # patch() warned when it ran; a cached or reused sweep repeats its warnings
-            _replay_clean_run(self._sweeps[key].settings)
+        swept = self._cached(settings, compute, None, record)
         if corruption == "gn":
             _warn_off_distribution(self._off_distribution(model, tokens, settings))
-        result = self._sweeps[key].with_metric(name)
+        result = swept.with_metric(name)
         result.settings["model"] = model.name
         if verify_top is not None:
+            key = sweep_key(settings)
             result = self._verified(model, tokens, result, key, verify_top, verify_tolerance, batch_size, record)
         return result
 
     def _cached(
-        self, settings: dict[str, Any], compute: Callable[[], Any], load: Callable[[bytes], Any], record: ItemRecord
+        self, settings: dict[str, Any], compute: Callable[[], Any], load: Callable[[bytes], Any] | None,
+        record: ItemRecord,
     ) -> Any:
-        """A circuit score, subset search or path-patching sweep through the in-session memo and the disk cache
-        (as ``sweep`` serves sweeps), keyed by ``settings``; notes in ``record`` where it came from."""
+        """A sweep, circuit score, subset search or path-patching sweep through the in-session memo and the disk
+        cache, keyed by ``settings`` (``load`` reads a cache entry; None: a ``PatchResult``); notes in ``record``
+        where it came from, and repeats the clean run's warnings when it did not compute."""
         from .cache import SweepCache, sweep_key
 
         key = sweep_key(settings)
@@ -404,7 +385,6 @@ class InterpSession:
         from ..corruptions import DEFAULT_NOISE_SCALE
         from ..metrics import BUILTIN_METRICS, resolve_metric
         from ..paths import path_patch
-        from ..results import PatchResult
 
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
         tokens = engine.tokenize(model, pairs)
@@ -421,7 +401,7 @@ class InterpSession:
                 progress=self.progress(f"path patching into {', '.join(receivers)} on {model.name}"),
             )
 
-        result = self._cached(settings, compute, lambda data: PatchResult.load(io.BytesIO(data)), record)
+        result = self._cached(settings, compute, None, record)
         result = result.with_metric(name)
         result.settings["model"] = model.name
         return result
