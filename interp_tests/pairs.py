@@ -12,12 +12,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from .errors import PromptError
+from .errors import PromptError, did_you_mean
 from .files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 AnswerToken = str | int
 Answer = AnswerToken | Sequence[AnswerToken]
@@ -38,7 +39,9 @@ def _as_list(name: str, values: Any, n: int | None) -> list:
     return values
 
 
-def _check_answer(name: str, i: int, value: Any) -> Answer:
+def _check_answer(what: str, value: Any) -> Answer:
+    """``value`` as an answer; ``what`` names it in the error (``answer[3]``, ``pairs.jsonl:7: `answer```)."""
+
     def ok(token: Any) -> bool:
         return isinstance(token, str) or (isinstance(token, int) and not isinstance(token, bool))
 
@@ -47,9 +50,30 @@ def _check_answer(name: str, i: int, value: Any) -> Answer:
     if isinstance(value, Sequence) and not isinstance(value, bytes) and value and all(ok(t) for t in value):
         return list(value)
     raise PromptError(
-        f"{name}[{i}] = {value!r:.60} is not an answer. An answer is a single-token string (' Mary'), "
+        f"{what} = {value!r:.60} is not an answer. An answer is a single-token string (' Mary'), "
         "a token id (int), or a non-empty list of them for an answer set (e.g. all years above YY)."
     )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """How error messages name prompt ``i``: by its index (``clean[3]``, ``Pair 3``) for pairs built in Python,
+    or by where it was read (``pairs.jsonl:7: `clean```, the 1-based line of the file) for records."""
+
+    source: str | None = None  # a file or "records"; None: pairs built in Python
+    lines: Sequence[int] | None = None  # each record's line in ``source``
+
+    def at(self, i: int) -> str:
+        """The location prefix of prompt ``i``'s messages ('' for pairs built in Python)."""
+        if self.source is None:
+            return ""
+        return f"{self.source}:{self.lines[i]}: " if self.lines is not None else f"{self.source}: record {i}: "
+
+    def field(self, i: int, name: str) -> str:
+        return f"{name}[{i}]" if self.source is None else f"`{name}`"
+
+    def pair(self, i: int) -> str:
+        return self.at(i) or f"Pair {i}: "
 
 
 class PromptPairs:
@@ -77,36 +101,59 @@ class PromptPairs:
         *,
         spans: Mapping[str, Sequence[Span]] | None = None,
     ) -> None:
+        self._check(clean, corrupted, answer, wrong, corrupt_positions, spans, _Rows())
+
+    def _check(
+        self,
+        clean: Sequence[str],
+        corrupted: Sequence[str] | None,
+        answer: Sequence[Answer],
+        wrong: Sequence[Answer],
+        corrupt_positions: Sequence[Sequence[int]] | None,
+        spans: Mapping[str, Sequence[Span]] | None,
+        rows: _Rows,
+    ) -> None:
+        """Check every prompt and set the fields; ``rows`` names a prompt in the errors."""
         clean = _as_list("clean", clean, None)
         if not clean:
             raise PromptError("PromptPairs needs at least one prompt; `clean` is empty.")
         n = len(clean)
         for i, prompt in enumerate(clean):
             if not isinstance(prompt, str) or not prompt:
-                raise PromptError(f"clean[{i}] = {prompt!r:.60} must be a non-empty string.")
+                raise PromptError(f"{rows.at(i)}{rows.field(i, 'clean')} = {prompt!r:.60} must be a non-empty string.")
         if corrupted is not None:
             corrupted = _as_list("corrupted", corrupted, n)
             for i, prompt in enumerate(corrupted):
                 if not isinstance(prompt, str) or not prompt:
-                    raise PromptError(f"corrupted[{i}] = {prompt!r:.60} must be a non-empty string.")
+                    what = rows.field(i, "corrupted")
+                    raise PromptError(f"{rows.at(i)}{what} = {prompt!r:.60} must be a non-empty string.")
         self.clean: list[str] = clean
         self.corrupted: list[str] | None = corrupted
-        self.answer: list[Answer] = [_check_answer("answer", i, a) for i, a in enumerate(_as_list("answer", answer, n))]
-        self.wrong: list[Answer] = [_check_answer("wrong", i, w) for i, w in enumerate(_as_list("wrong", wrong, n))]
+        self.answer: list[Answer] = [
+            _check_answer(rows.at(i) + rows.field(i, "answer"), a) for i, a in enumerate(_as_list("answer", answer, n))
+        ]
+        self.wrong: list[Answer] = [
+            _check_answer(rows.at(i) + rows.field(i, "wrong"), w) for i, w in enumerate(_as_list("wrong", wrong, n))
+        ]
         for i, (a, w) in enumerate(zip(self.answer, self.wrong)):
             if a == w:
                 raise PromptError(
-                    f"Pair {i}: answer and wrong answer are both {a!r}, so the logit difference is 0 by "
+                    f"{rows.pair(i)}answer and wrong answer are both {a!r}, so the logit difference is 0 by "
                     "construction. `wrong` must be the corrupted prompt's answer, different from `answer`."
                 )
         self.corrupt_positions: list[list[int]] | None = None
         if corrupt_positions is not None:
             self.corrupt_positions = []
             for i, pos in enumerate(_as_list("corrupt_positions", corrupt_positions, n)):
-                pos = _as_list(f"corrupt_positions[{i}]", pos, None)
-                if not pos or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
+                if (
+                    isinstance(pos, (str, bytes, Mapping))
+                    or not isinstance(pos, Iterable)
+                    or not (pos := list(pos))
+                    or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos)
+                ):
                     raise PromptError(
-                        f"corrupt_positions[{i}] = {pos!r:.60} must be a non-empty list of token indices."
+                        f"{rows.at(i)}{rows.field(i, 'corrupt_positions')} = {pos!r:.60} must be a non-empty list "
+                        "of token indices."
                     )
                 self.corrupt_positions.append(pos)
         if spans is not None and not isinstance(spans, Mapping):
@@ -126,8 +173,8 @@ class PromptPairs:
                     or not 0 <= span[0] < span[1] <= len(clean[i])
                 ):
                     raise PromptError(
-                        f"spans[{name!r}][{i}] = {span!r:.60} is not a (start, end) character span inside "
-                        f"clean[{i}] (length {len(clean[i])})."
+                        f"{rows.at(i)}{rows.field(i, f'spans[{name!r}]')} = {span!r:.60} is not a (start, end) "
+                        f"character span inside {rows.field(i, 'clean')} (length {len(clean[i])})."
                     )
                 checked.append((span[0], span[1]))
             self.spans[str(name)] = checked
@@ -169,76 +216,95 @@ class PromptPairs:
         return records
 
     @classmethod
-    def from_records(cls, records: Sequence[Mapping[str, Any]], *, source: str = "records") -> PromptPairs:
-        """Pairs from dicts with keys clean, corrupted, answer, wrong and optional corrupt_positions, spans."""
+    def from_records(
+        cls, records: Sequence[Mapping[str, Any]], *, source: str = "records", lines: Sequence[int] | None = None
+    ) -> PromptPairs:
+        """Pairs from dicts with keys clean, corrupted, answer, wrong and optional corrupt_positions, spans.
+
+        Errors name a record as ``source: record i`` (0-based), or ``source:line`` given each record's ``lines``
+        in the file it was read from.
+        """
         records = list(records)
         if not records:
             raise PromptError(f"{source}: no prompt pairs found.")
+        rows = _Rows(source, lines)
         for i, record in enumerate(records):
             if not isinstance(record, Mapping):
-                raise PromptError(f"{source}: record {i} is a {type(record).__name__}, expected a mapping.")
-            unknown = set(record) - set(_RECORD_KEYS)
+                raise PromptError(f"{rows.at(i)}the record is a {type(record).__name__}, expected a mapping.")
+            unknown = sorted(set(record) - set(_RECORD_KEYS), key=str)
             if unknown:
-                raise PromptError(
-                    f"{source}: record {i} has unknown keys {sorted(unknown)}; allowed: {list(_RECORD_KEYS)}."
-                )
+                hint = did_you_mean(str(unknown[0]), _RECORD_KEYS) if len(unknown) == 1 else ""
+                names = ", ".join(f"`{key}`" for key in unknown)
+                raise PromptError(f"{rows.at(i)}unknown key{'s' * (len(unknown) > 1)} {names}.{hint} Allowed: {list(_RECORD_KEYS)}.")
             missing = {"clean", "answer", "wrong"} - set(record)
             if missing:
-                raise PromptError(f"{source}: record {i} lacks required keys {sorted(missing)}.")
+                raise PromptError(f"{rows.at(i)}the record lacks required keys {sorted(missing)}.")
             if not isinstance(record.get("spans", {}), Mapping):
-                raise PromptError(f"{source}: record {i} has `spans` that is not a mapping of name -> [start, end].")
-        has_corrupted = ["corrupted" in r for r in records]
-        if any(has_corrupted) and not all(has_corrupted):
-            raise PromptError(f"{source}: give `corrupted` for every record or for none.")
-        has_positions = ["corrupt_positions" in r for r in records]
-        if any(has_positions) and not all(has_positions):
-            raise PromptError(f"{source}: give `corrupt_positions` for every record or for none.")
-        span_names = {name for r in records for name in r.get("spans", {})}
+                raise PromptError(f"{rows.at(i)}`spans` is not a mapping of name -> [start, end].")
+        for key in ("corrupted", "corrupt_positions"):
+            given = [key in r for r in records]
+            if any(given) and not all(given):
+                i = given.index(not given[0])
+                raise PromptError(
+                    f"{rows.at(i)}this record {'gives' if given[i] else 'lacks'} `{key}`, unlike the first record: "
+                    f"give `{key}` for every record or for none."
+                )
         spans = {}
-        for name in span_names:
-            if not all(name in r.get("spans", {}) for r in records):
-                raise PromptError(f"{source}: span {name!r} must be given for every record.")
-            spans[name] = [r["spans"][name] for r in records]  # checked and made tuples by __init__
-        return cls(
+        for name in {name for r in records for name in r.get("spans", {})}:
+            lacking = [i for i, r in enumerate(records) if name not in r.get("spans", {})]
+            if lacking:
+                raise PromptError(f"{rows.at(lacking[0])}no span {name!r}, which other records give: span {name!r} must be given for every record.")
+            spans[name] = [r["spans"][name] for r in records]  # checked and made tuples by _check
+        pairs = cls.__new__(cls)
+        pairs._check(
             [r["clean"] for r in records],
-            [r["corrupted"] for r in records] if all(has_corrupted) else None,
+            [r["corrupted"] for r in records] if "corrupted" in records[0] else None,
             [r["answer"] for r in records],
             [r["wrong"] for r in records],
-            [r["corrupt_positions"] for r in records] if all(has_positions) else None,
-            spans=spans,
+            [r["corrupt_positions"] for r in records] if "corrupt_positions" in records[0] else None,
+            spans,
+            rows,
         )
+        return pairs
 
     @classmethod
     def load(cls, path: str | Path) -> PromptPairs:
         """Read pairs from a ``.jsonl`` file (one record per line) or a ``.yaml``/``.yml`` file.
 
-        A YAML file holds either a list of records or a mapping with a ``pairs:`` list.
+        A YAML file holds either a list of records or a mapping with a ``pairs:`` list. Errors name the file and
+        the line of the record at fault.
         """
         path = Path(path)
         if not path.is_file():
             raise PromptError(f"No prompt-pair file at {path}. Check the path (relative paths start at the cwd).")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
-            records = []
-            for line_no, line in enumerate(text.splitlines(), start=1):
+            records, lines = [], []
+            # Lines end at "\n" only: JSON strings may hold other line separators (U+2028) that splitlines() splits on.
+            for line_no, line in enumerate(text.split("\n"), start=1):
                 if line.strip():
                     try:
                         records.append(json.loads(line))
                     except json.JSONDecodeError as error:
                         raise PromptError(f"{path}:{line_no}: invalid JSON ({error.msg}).") from None
+                    lines.append(line_no)
         elif path.suffix in (".yaml", ".yml"):
             import yaml
 
             try:
                 data = yaml.safe_load(text)
+                root = yaml.compose(text, Loader=yaml.SafeLoader)
             except yaml.YAMLError as error:
                 raise PromptError(f"{path}: invalid YAML: {error}") from None
             records = data.get("pairs") if isinstance(data, Mapping) else data
             if not isinstance(records, list):
                 raise PromptError(f"{path}: expected a list of pair records (or a mapping with a `pairs:` list).")
+            if isinstance(root, yaml.MappingNode):
+                root = [value for key, value in root.value if key.value == "pairs"][-1]  # YAML keeps the last
+            lines = [item.start_mark.line + 1 for item in root.value]
         else:
             raise PromptError(f"{path}: unknown prompt-pair file type {path.suffix!r}; use .jsonl, .yaml or .yml.")
-        return cls.from_records(records, source=str(path))
+        return cls.from_records(records, source=str(path), lines=lines)
 
     def save(self, path: str | Path) -> None:
         """Write the pairs as JSONL (one record per line), the format ``load`` reads, atomically."""
@@ -385,6 +451,8 @@ def _span_tokens(offsets: Sequence[tuple[int, int]], span: Span) -> list[int]:
 
 
 def _tokenize(pairs: PromptPairs, tokenizer: Any) -> TokenizedPairs:
+    import torch  # here, not at import: reading pairs and checking task specs (at pytest collection) needs no torch
+
     if not getattr(tokenizer, "is_fast", False) and pairs.spans:
         raise PromptError("Named spans need a fast (Rust) tokenizer for character offsets; load one with use_fast=True.")
     clean, offsets = _encode(tokenizer, pairs.clean, with_offsets=bool(pairs.spans))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -86,14 +88,62 @@ def test_subsets_save_and_load(tmp_path):
         assert loaded.to_records() == pairs.to_records()
 
 
-def test_load_reports_file_and_line(tmp_path):
+GOOD = '{"clean": "a", "answer": "b", "wrong": "c"}'
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ("{not json}", "invalid JSON"),
+        ('{"clean": "a", "answer": "b", "wrong": "c", "answr": 1}', "unknown key `answr`. Did you mean 'answer'?"),
+        ('{"clean": "a", "answer": "b"}', r"the record lacks required keys \['wrong'\]"),
+        ('["a", "b"]', "the record is a list, expected a mapping"),
+        ('{"clean": "", "answer": "b", "wrong": "c"}', "`clean` = '' must be a non-empty string"),
+        ('{"clean": "a", "answer": 1.5, "wrong": "c"}', "`answer` = 1.5 is not an answer"),
+        ('{"clean": "a", "answer": "b", "wrong": "b"}', "answer and wrong answer are both 'b'"),
+        ('{"clean": "a", "answer": "b", "wrong": "c", "corrupted": "d"}',
+         "this record gives `corrupted`, unlike the first record"),
+    ],
+)
+def test_load_names_the_file_line_of_the_record_at_fault(tmp_path, bad, message):
+    """Lines are the file's, 1-based, blank lines counted: the bad record is on line 4 (the third record)."""
     path = tmp_path / "bad.jsonl"
-    path.write_text('{"clean": "a", "answer": "b", "wrong": "c"}\n{not json}\n')
-    with pytest.raises(PromptError, match=r"bad.jsonl:2: invalid JSON"):
+    path.write_text(f"{GOOD}\n\n{GOOD}\n{bad}\n{GOOD}\n")
+    with pytest.raises(PromptError, match=f"^{re.escape(str(path))}:4: {message}"):
         it.PromptPairs.load(path)
-    path.write_text('{"clean": "a", "answer": "b", "wrong": "c", "answr": 1}\n')
-    with pytest.raises(PromptError, match="unknown keys"):
+
+
+def test_a_bad_span_names_its_line(tmp_path):
+    path, good = tmp_path / "spans.jsonl", '{"clean": "a", "answer": "b", "wrong": "c", "spans": {"S": [0, 1]}}'
+    path.write_text(f'{good}\n{good.replace("[0, 1]", "[0, 5]")}\n')
+    with pytest.raises(PromptError, match=rf"^{re.escape(str(path))}:2: `spans\['S'\]` = \[0, 5\] is not a \(start, end\) "
+                       r"character span inside `clean` \(length 1\)"):
         it.PromptPairs.load(path)
+
+
+def test_yaml_pairs_errors_name_the_line_of_the_record(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("# pairs\npairs:\n  - {clean: a, answer: b, wrong: c}\n\n  - clean: a\n    answer: [b, 2.5]\n    wrong: c\n")
+    with pytest.raises(PromptError, match=f"^{re.escape(str(path))}:5: `answer` = \\['b', 2.5\\] is not an answer"):
+        it.PromptPairs.load(path)
+    path.write_text("- {clean: a, answer: b, wrong: c}\n- {clean: a, answer: b, wrong: c, extra: 1}\n")
+    with pytest.raises(PromptError, match=f"^{re.escape(str(path))}:2: unknown key `extra`"):
+        it.PromptPairs.load(path)
+
+
+def test_pairs_built_in_python_are_named_by_index():
+    with pytest.raises(PromptError, match=r"^answer\[1\] = 1.5 is not an answer"):
+        it.PromptPairs(["a", "b"], None, ["x", 1.5], ["y", "z"])
+    with pytest.raises(PromptError, match=r"^Pair 1: answer and wrong answer are both 'x'"):
+        it.PromptPairs(["a", "b"], None, ["x", "x"], ["y", "x"])
+    with pytest.raises(PromptError, match=r"^records: record 1: the record lacks required keys"):
+        it.PromptPairs.from_records([{"clean": "a", "answer": "b", "wrong": "c"}, {"clean": "a"}])
+
+
+def test_a_json_string_may_hold_a_unicode_line_separator(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"clean": "a\u2028b", "answer": "b", "wrong": "c"}\n', encoding="utf-8")
+    assert it.PromptPairs.load(path).clean == ["a\u2028b"]
 
 
 def test_dataset_fingerprint_tracks_content():

@@ -313,7 +313,7 @@ def test_from_file_reads_jsonl_and_yaml(tmp_path: Path, suffix: str) -> None:
         path.write_text("\n".join(json.dumps(r) for r in records))
     else:
         path.write_text(yaml.safe_dump({"pairs": records}))
-    with pytest.raises(PromptError, match="span 'S2' must be given for every record"):
+    with pytest.raises(PromptError, match=r"pairs\.(jsonl|yaml):\d+: no span 'S2', which other records give: span 'S2' must be given for every record"):
         from_file(path)
     records[1]["spans"] = {"S2": [4, 7]}
     path.write_text("\n".join(json.dumps(r) for r in records) if suffix == ".jsonl" else yaml.safe_dump(records))
