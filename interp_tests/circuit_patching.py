@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .choices import ABLATIONS, CIRCUIT_TESTS
 from .circuit_results import CircuitResult, Completeness, Minimality, circuit_scores
 from .circuits import Circuit, Node, as_circuit, universe_of
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
@@ -53,8 +54,6 @@ from .engine import (
     tokenize,
 )
 
-TESTS = ("sufficiency", "necessity", "faithfulness")
-ABLATIONS = ("resample", "mean", "zero")
 Site = tuple[int, str]  # (layer, site name)
 
 
@@ -391,7 +390,7 @@ def circuit_patch(
     patched jointly in one run per prompt. ``reference`` (mean ablation) defaults to the pairs themselves, whose
     corrupted prompts are averaged. The score's interval is a percentile bootstrap over prompts. ``progress=True``
     shows a bar of patched runs (or give a callable ``(done, total)``)."""
-    check_choice("test", test, TESTS)
+    check_choice("test", test, CIRCUIT_TESTS)
     circuit = as_circuit(circuit)
     uses_universe = test == "faithfulness" or ablation != "resample"
     with progress_reporter(progress, f"circuit {test}") as report:

@@ -126,7 +126,8 @@ class Edge:
 NodeLike = Union[str, Node, Edge]
 
 
-def _node(value: NodeLike) -> Node | Edge:
+def parse_node(value: NodeLike) -> Node | Edge:
+    """A circuit's node ("9.9", "mlp.3@S2") or edge ("5.5->9.9.q"); ComponentError says how to write one."""
     if isinstance(value, (Node, Edge)):
         return value
     return Edge.parse(value) if "->" in str(value) else Node.parse(value)
@@ -142,7 +143,7 @@ class Circuit:
     def __init__(self, nodes: Iterable[NodeLike] = (), *, groups: Mapping[str, Iterable[NodeLike]] | None = None) -> None:
         if isinstance(nodes, str):
             raise ComponentError(f"Circuit() takes a list of node labels, not one string: Circuit([{nodes!r}]).")
-        parsed = {_node(n) for n in nodes}
+        parsed = {parse_node(n) for n in nodes}
         if len({type(n) for n in parsed}) > 1:
             raise ComponentError(
                 "A circuit holds nodes or edges, not both: write the nodes' edges instead (every edge out of a node "
@@ -151,7 +152,7 @@ class Circuit:
         self._nodes: tuple[Node | Edge, ...] = tuple(sorted(parsed, key=lambda n: n.sort_key()))
         self._groups: dict[str, tuple[Node, ...]] = {}
         for name, members in (groups or {}).items():
-            group = {_node(n) for n in members}
+            group = {parse_node(n) for n in members}
             missing = group - parsed
             if missing:
                 raise ComponentError(
@@ -188,7 +189,7 @@ class Circuit:
         return len(self._nodes)
 
     def __contains__(self, node: object) -> bool:
-        return isinstance(node, (str, Node, Edge)) and _node(node) in set(self._nodes)
+        return isinstance(node, (str, Node, Edge)) and parse_node(node) in set(self._nodes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Circuit) and self._nodes == other._nodes

@@ -288,11 +288,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from .components import KINDS
-    from .corruptions import DEFAULT_NOISE_SCALE, NAMES
-    from .edge_scoring import METHODS as EDGE_METHODS
-    from .metrics import BUILTIN_METRICS, METRICS
-    from .engine import DIRECTIONS
-    from .patching import METHODS
+    from .choices import BUILTIN_METRICS, CORRUPTIONS, DIRECTIONS, EDGE_METHODS, METHODS, METRICS
+    from .corruptions import DEFAULT_NOISE_SCALE
 
     common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--model", required=True, help="'organism', a model directory, a llama2.c checkpoint or a hub id")
@@ -302,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, help=f"seed of the task generator (default {DEFAULT_TASK_SEED})")
     common.add_argument("--variant", action="append", default=[], metavar="KEY=VALUE",
                         help="a task option, e.g. corrupt=S2 (repeatable)")
-    common.add_argument("--corruption", choices=NAMES, default="str",
+    common.add_argument("--corruption", choices=CORRUPTIONS, default="str",
                         help="symmetric token replacement or Gaussian noise (default str)")
     common.add_argument("--noise-scale", type=_positive(float), default=DEFAULT_NOISE_SCALE,
                         help=f"Gaussian noise std in embedding stds (default {DEFAULT_NOISE_SCALE:g})")

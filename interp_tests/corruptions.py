@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import torch
 
+from .choices import CORRUPTIONS
 from .errors import SettingsError, did_you_mean
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 
 EmbeddingCorruption = Callable[[torch.Tensor, TokenizedPairs], torch.Tensor]
 Corruption = str | EmbeddingCorruption
-NAMES = ("str", "gn")
 DEFAULT_NOISE_SCALE = 3.0
 
 
@@ -87,7 +87,7 @@ def corrupted_input(
             raise SettingsError(f"noise_scale={noise_scale!r} must be positive (the paper uses 3).")
         return RunInput(tokens.clean_ids, gaussian_noise(model, tokens, seed=seed, scale=noise_scale))
     raise SettingsError(
-        f"Unknown corruption {corruption!r}.{did_you_mean(str(corruption), NAMES)} Use 'str' (symmetric token "
+        f"Unknown corruption {corruption!r}.{did_you_mean(str(corruption), CORRUPTIONS)} Use 'str' (symmetric token "
         "replacement, recommended), 'gn' (Gaussian noise on the key tokens' embeddings), or a callable."
     )
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .choices import EDGE_METHODS
 from .circuit_patching import CircuitRuns
 from .circuits import Circuit
 from .claims import ClaimError
@@ -35,7 +36,6 @@ from .errors import SettingsError
 from .metrics import AnswerReader, check_clean_run, check_metric
 from .models import PatchableModel
 
-METHODS = ("eap", "eap_ig")
 FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
@@ -120,7 +120,7 @@ def edge_attribution(
     batch_size: int | None = None,
 ) -> EdgeScores:
     """EAP or EAP-IG scores of every edge of the model (see the module docstring), per prompt kept."""
-    check_choice("method", method, METHODS)
+    check_choice("method", method, EDGE_METHODS)
     check_metric(metric)
     if method == "eap_ig" and not (isinstance(steps, int) and steps >= 1):
         raise SettingsError(f"steps={steps!r} must be a positive integer (interpolation points of EAP-IG).")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import torch
 
 from . import __version__
+from .choices import DIRECTIONS
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
 from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
@@ -26,7 +27,6 @@ from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .results import PatchResult
 
-DIRECTIONS = ("denoise", "noise")
 Pairs = PromptPairs | TokenizedPairs
 # ``progress=``: True for a tqdm bar, a callable ``(done, total)`` to report elsewhere, None or False for nothing.
 Progress = bool | Callable[[int, int], None] | None

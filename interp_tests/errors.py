@@ -62,5 +62,7 @@ class InterpWarning(UserWarning):
 
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """A ' Did you mean ...?' hint for a mistyped name, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(name), list(valid), n=1, cutoff=0.5)
+    valid = list(valid)
+    same_letters = [v for v in valid if v.lower() == str(name).lower()]  # 'STR' for 'str'
+    close = same_letters or difflib.get_close_matches(str(name), valid, n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""

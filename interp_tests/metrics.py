@@ -41,11 +41,10 @@ from typing import Any
 
 import torch
 
+from .choices import BUILTIN_METRICS
 from .errors import InterpWarning, MetricError, SettingsError, did_you_mean
 from .pairs import TokenizedPairs, token_pieces
 
-METRICS = ("logit_diff", "prob", "kl")  # the paper's three: what grids read by default
-BUILTIN_METRICS = (*METRICS, "logprob")  # what every sweep computes
 # Built-in metrics whose effect is normalised by the clean-corrupted gap of the same metric.
 NORMALISED = ("logit_diff", "logprob")
 MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

@@ -13,7 +13,7 @@ import torch
 
 from .adapters import Adapter, Shape, adapter_for, shape_of
 from .errors import ModelLoadError, WeightsUnavailableError
-from .specs import ORGANISM
+from .specs import ORGANISM, looks_like_path
 
 
 class PatchableModel:
@@ -186,7 +186,7 @@ def load_model(
                 "(with config.json), a llama2.c .bin checkpoint, or a hub id."
             )
     else:
-        if name.startswith((".", "/", "~")) or os.sep + os.sep in name:
+        if looks_like_path(name):
             raise ModelLoadError(f"No model at {path}: the path does not exist.")
         model, tok = _load_pretrained(name, local=False, tokenizer=tokenizer)
     return PatchableModel(model.to(target), tokenizer or tok, name=name)

@@ -5,6 +5,7 @@ exact patching (``exact.exact_patch``) or attribution patching (``attribution.at
 from __future__ import annotations
 
 from .attribution import attribution_patch
+from .choices import METHODS
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption
 from .engine import Pairs, Progress, check_choice
 from .errors import SettingsError
@@ -12,8 +13,6 @@ from .exact import exact_patch
 from .metrics import Metric
 from .models import PatchableModel
 from .results import PatchResult
-
-METHODS = ("exact", "attribution")
 
 
 def patch(

@@ -25,10 +25,11 @@ import torch
 
 from . import display, engine, patching
 from .claims import GridClaims
-from .corruptions import DEFAULT_NOISE_SCALE, NAMES, Corruption, RunInput, corrupted_input, corruption_name
+from .choices import BUILTIN_METRICS, CORRUPTIONS, METRICS
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import MetricError, SettingsError
 from .files import atomic_write
-from .metrics import BUILTIN_METRICS, METRICS, Metric, check_metric
+from .metrics import Metric, check_metric
 from .models import PatchableModel
 from .pairs import PromptPairs
 from .reports import COLOUR_MAP, png_bytes, require_matplotlib
@@ -57,7 +58,7 @@ class Setting(NamedTuple):
 
 
 def _corruption_label(name: str) -> str:
-    return name.upper() if name in NAMES else name
+    return name.upper() if name in CORRUPTIONS else name
 
 
 # -------------------------------------------------------------------------------------------- the grid

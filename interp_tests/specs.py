@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,6 +24,11 @@ if TYPE_CHECKING:
 ORGANISM = "organism"  # the model shipped with interp-tests
 # Generator parameters set from the spec's own fields (and the model's tokenizer), not from its options.
 COMMON_PARAMETERS = ("n", "seed", "tokenizer")
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a model spec can only be a path (``./model``, ``/models/x``, ``~/x``), never a hub id."""
+    return spec.startswith((".", "/", "~")) or os.sep + os.sep in spec
 
 
 def resolve_model_spec(spec: str, base_dir: Path | None) -> str:

@@ -14,9 +14,9 @@ from interp_tests.attribution import (
     compare_with_exact,
     verify_top,
 )
+from interp_tests.choices import METRICS
 from interp_tests.components import SITE_OF_KIND
 from interp_tests.errors import SettingsError
-from interp_tests.metrics import METRICS
 
 EPS = 1e-4
 

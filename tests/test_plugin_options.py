@@ -23,9 +23,13 @@ def test_loading_the_plugin_imports_no_torch(pytester):
         test_light=f"import sys\n\ndef test_light(request):\n    assert request.config.pluginmanager.has_plugin('interp_tests.fixtures')\n"
         f"    assert not [m for m in {HEAVY!r} if m in sys.modules]\n"
     )
-    pytester.makefile(".yaml", test_claims="model: m\ntask: {name: ioi}\nclaims:\n  - {name: c, expect: {detectd: ['0.1']}}\n")
+    # Checking the names in a claim (task, its options, metric, component kind, labels) at collection loads no torch.
+    pytester.makefile(".yaml", test_claims="model: m\ntask: {name: ioi, n: 4, corupt: S2}\nclaims:\n  - {name: c, "
+                      "sweep: {metric: logit_dif, component: mlps}, expect: {detectd: ['0.1'], detected: ['mlp.x']}}\n")
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
-    result.assert_outcomes(passed=1, failed=1)
+    result.assert_outcomes(passed=1, failed=2)  # the file's task, and the claim
+    result.stdout.fnmatch_lines_random(["*Task 'ioi' has no option 'corupt'*", "*'logit_dif' is not a metric*",
+                                        "*'mlps' is not a component kind*", "*'mlp.x' is not a component label*"])
 
 
 def test_help_lists_the_options_and_the_markers_are_registered(pytester):

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from interp_tests import reports
+from interp_tests.choices import METRICS
 from interp_tests.components import make_grid
 from interp_tests.errors import InterpError
-from interp_tests.metrics import METRICS
 from interp_tests.results import PatchResult
 
 GRID_KINDS = {  # (component, positions) for each grid shape a sweep can have

@@ -209,7 +209,7 @@ def test_a_yaml_claim_uses_a_metric_registered_in_conftest_and_caches_it_by_name
     (pytester.path / "hypotheses" / "claims.yaml").write_text(text + textwrap.dedent(claims))
     first = pytester.runpytest("-v", "-p", "no:cacheprovider")
     first.assert_outcomes(passed=2, failed=1)
-    first.stdout.fnmatch_lines(["*Unknown metric 'ld_agian'. Did you mean 'ld_again'?*"])
+    first.stdout.fnmatch_lines(["*: 'ld_agian' is not a metric. Did you mean 'ld_again'? Choose from logit_diff, prob, kl, logprob, ld_again, ld_twice.*"])
     first.stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])  # one entry per metric name
     second = pytester.runpytest("-v", "-p", "no:cacheprovider")
     second.assert_outcomes(passed=2, failed=1)

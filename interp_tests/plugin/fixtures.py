@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import pytest
 
+from ..choices import METRICS
 from ..errors import (
     InterpError,
     InterpWarning,
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from ..results import PatchResult
     from ..robustness import Grid, OffDistribution, PairsSource
 
-METRICS = ("logit_diff", "prob", "kl")  # metrics.METRICS, which this torch-free module cannot import
 # verify_top's default: how far (in the metric's units; for the logit difference, a tenth of the
 # clean-corrupted gap) an attribution estimate may miss its exact effect.
 DEFAULT_VERIFY_TOLERANCE = 0.1

@@ -2,8 +2,10 @@
 
 pytest collects every YAML file under a directory named ``hypotheses`` and ``test_*.yaml`` files
 elsewhere (the ini option ``interp_yaml_patterns`` changes this). Each claim becomes one test named
-after it. A file with mistakes becomes one failed test per mistake, naming the file, the line and the
-fix; the session goes on. Claims map to library calls (no generated code): the sweep runs through the
+after it. Mistakes are found as pytest collects the file, before any model loads: the schema, and every
+name that can be checked without a model (task and task option, component kind, corruption, metric,
+direction, method, circuit test and ablation, the form of each label, a model path). A claim with mistakes
+becomes one failed test that lists all of them, each with its line and fix; the session goes on. Claims map to library calls (no generated code): the sweep runs through the
 same cached machinery as the ``interp_sweep`` fixture, so claims that share sweep settings share one
 sweep, and an unchanged claim re-runs from the cache without a forward pass.
 
@@ -19,12 +21,16 @@ Schema::
                              # claim has one. --interp-n-prompts and --interp-seed override n and seed.
     claims:                  # required: a non-empty list
       - name: name mover 3.1 is detected    # required, unique in the file: the test's name
+        marks: [slow]        # optional: pytest marks, as on a Python test (-m slow selects it): a name,
+                             # or {name: arguments}, e.g. {xfail: {reason: "measured 0.45", strict: true}},
+                             # {skip: {reason: ...}}, {skipif: {condition: "sys.platform == 'win32'", reason: ...}}
         model: ...           # optional: replaces the file's model for this claim
         task: {...}          # optional: replaces the file's task for this claim
         sweep:               # optional: patch() settings, defaults shown
           component: attn_head   # attn_head | attn | mlp | resid
           corruption: str        # str (symmetric token replacement) | gn (Gaussian noise)
           metric: logit_diff     # logit_diff | prob | kl | logprob | a name given to register_metric
+                                 # (in a conftest.py: it must be registered when pytest collects the file)
           positions: all         # all | each | a token index | last | a span name of the task
           window: 1              # adjacent layers restored together (attn and mlp only)
           direction: denoise     # denoise | noise
@@ -120,6 +126,8 @@ no ``claims:``) is not a claims file and is skipped.
 from __future__ import annotations
 
 import contextlib
+import sys
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -128,10 +136,21 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import yaml
 
+from ..choices import (
+    ABLATIONS,
+    BUILTIN_METRICS,
+    CIRCUIT_TESTS,
+    CORRUPTIONS,
+    DIRECTIONS,
+    EDGE_METHODS,
+    METHODS,
+)
+from ..circuits import Edge, parse_node
 from ..claims import ClaimError, baseline_path, check_baseline, safe_name
-from ..errors import InterpError, did_you_mean
+from ..components import KINDS, parse_label
+from ..errors import ComponentError, InterpError, SettingsError, did_you_mean
 from ..signs import SIGNS
-from ..specs import TaskSpec
+from ..specs import ORGANISM, TaskSpec, looks_like_path, resolve_model_spec
 from .fixtures import ItemRecord, record_of, session_of
 
 if TYPE_CHECKING:
@@ -141,7 +160,7 @@ if TYPE_CHECKING:
     from ..robustness import Grid
 
 TOP_KEYS = ("model", "task", "claims")
-CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "edges", "expect")
+CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "edges", "expect", "marks")
 # What a claim measures: at most one of these blocks (none: a sweep with the defaults).
 MEASURES = ("sweep", "circuit", "path", "edges")
 TASK_FILE_KEYS = ("file", "n")
@@ -236,6 +255,7 @@ class Problem:
     line: int
     message: str
     claim: str | None = None
+    claim_line: int | None = None  # the line of the claim it belongs to; None for the file's own problems
 
 
 @dataclass(frozen=True)
@@ -275,6 +295,17 @@ class Expectation:
 
 
 @dataclass(frozen=True)
+class MarkSpec:
+    """A pytest mark written in a claim's ``marks:``: ``name``, or ``{name: args}`` with a mapping of keyword
+    arguments, a list of positional ones or one value."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    line: int
+
+
+@dataclass(frozen=True)
 class Claim:
     """One validated claim: everything needed to run it, and the lines to blame when it cannot run."""
 
@@ -292,6 +323,7 @@ class Claim:
     circuit: dict[str, Any] | None = None
     path: dict[str, Any] | None = None
     edges: dict[str, Any] | None = None
+    marks: tuple[MarkSpec, ...] = ()
 
 
 def _is_int(value: Any) -> bool:
@@ -440,6 +472,60 @@ EXPECT_TYPES: FieldTypes = {
 }
 
 
+def _metric_names() -> tuple[str, ...]:
+    """The built-in metrics and those registered so far. A user metric is registered through
+    ``interp_tests.metrics`` (``register_metric``), in a conftest.py that pytest imports before it collects the
+    claims; when nothing has imported that module, no metric is registered, and it is not imported here (it
+    loads torch)."""
+    metrics = sys.modules.get("interp_tests.metrics")
+    return (*BUILTIN_METRICS, *(metrics.registered_metrics() if metrics is not None else ()))
+
+
+# Per block of settings: the settings that name one of a fixed set of choices, with what they name.
+Choices = dict[str, tuple[Sequence[str], str]]
+
+
+def _choices(block: str) -> Choices:
+    common: Choices = {"corruption": (CORRUPTIONS, "a corruption"), "metric": (_metric_names(), "a metric")}
+    return {
+        "sweep": {"component": (KINDS, "a component kind"), **common, "direction": (DIRECTIONS, "a direction"),
+                  "method": (METHODS, "a patching method")},
+        "circuit": {"test": (CIRCUIT_TESTS, "a circuit test"), "ablation": (ABLATIONS, "an ablation"), **common},
+        "path": common,
+        "edges": {"method": (EDGE_METHODS, "an edge-attribution method"), **common},
+        "robust": {"corruptions": common["corruption"], "metrics": common["metric"]},
+    }[block]
+
+
+METRIC_ADVICE = (" A user metric must be registered (interp_tests.register_metric) by the time pytest collects this "
+                 "file, e.g. at the top of a conftest.py.")
+# The sweep labels that `expect` lists, and the checks whose mapping lists them under `labels`.
+LABEL_KEYS = ("detected", "not_detected", "negative", "stable", "robust")
+
+
+def _label_example(kind: str, each: bool) -> str:
+    """How labels of ``kind`` are written, e.g. "'L.H' such as '0.1'" ('@P' appended under positions: each)."""
+    form, example = ("L.H", "0.1") if kind == "attn_head" else (f"{kind}.L", f"{kind}.0")
+    return f"'{form}@P' such as '{example}@3'" if each else f"'{form}' such as '{example}'"
+
+
+def _plain(value: Any) -> Any:
+    """A loaded YAML value without the line bookkeeping: plain dicts and lists, for pytest's marks."""
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    return value
+
+
+# Marks that configure a Python test function, which a YAML claim is not.
+FUNCTION_MARKS = {
+    "parametrize": "a claim has no parameters: write one claim per setting",
+    "usefixtures": "a claim uses no fixtures: it runs through the same cached session as the interp fixtures",
+}
+MARKS_EXAMPLE = '[slow] or [{xfail: {reason: "measured 0.45", strict: true}}]'
+
+
 class _Checker:
     """Validates one claims file, collecting every problem instead of stopping at the first.
 
@@ -447,13 +533,15 @@ class _Checker:
     ``where`` strings name the place in the file, e.g. "`expect` of claim 'x'".
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, n_prompts: int | None = None) -> None:
         self.path = path
+        self.n_prompts = n_prompts  # --interp-n-prompts, which gives every task its n
         self.problems: list[Problem] = []
         self.claim: str | None = None
+        self.claim_line: int | None = None
 
     def problem(self, line: int, message: str) -> None:
-        self.problems.append(Problem(line, message, self.claim))
+        self.problems.append(Problem(line, message, self.claim, self.claim_line))
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[list[bool]]:
@@ -492,6 +580,121 @@ class _Checker:
         self.keys(mapping, where, tuple(types))
         for key, (accepts, expected) in types.items():
             self.field(mapping, key, where, accepts, expected)
+
+    def choices(self, mapping: _Map, where: str, choices: Choices) -> None:
+        """Report each value of ``mapping`` (a string, or a list of them) that is not one of its key's choices."""
+        for key, (valid, what) in choices.items():
+            value = mapping.get(key)
+            items = zip(value, value.lines) if isinstance(value, _List) else [(value, mapping.lines.get(key))]
+            for item, line in items:
+                if _is_str(item) and item not in valid:
+                    advice = METRIC_ADVICE if what == "a metric" else ""
+                    self.problem(
+                        line,
+                        f"`{key}` in {where}: {item!r} is not {what}.{did_you_mean(item, valid)} Choose from "
+                        f"{', '.join(valid)}.{advice}",
+                    )
+
+    def parsed(self, value: Any, line: int | None, key: str, where: str, parse: Callable[[str], Any]) -> None:
+        """Report each label of ``value`` (a string on ``line``, or a list of them) that ``parse`` refuses."""
+        items = zip(value, value.lines) if isinstance(value, _List) else [(value, line)]
+        for item, item_line in items:
+            if isinstance(item, str):
+                try:
+                    parse(item)
+                except ComponentError as error:
+                    self.problem(item_line, f"`{key}` in {where}: {error}")
+
+    def component_labels(self, expect: Any, kind: str, positions: Any, where: str) -> None:
+        """Report labels in ``expect`` that cannot name a component of the claim's sweep: not a label, another
+        kind's (a head in an MLP sweep), or with a position where the sweep has none or without one where it
+        does (the kind only when the sweep's is valid). Whether the layer and head exist is known once the model
+        loads."""
+        if not isinstance(expect, _Map):
+            return
+        each = positions == "each"
+        places = [(expect, key) for key in LABEL_KEYS if key in expect]
+        if isinstance(expect.get("top_k"), _Map) and "labels" in expect["top_k"]:
+            places.append((expect["top_k"], "labels"))
+        for mapping, key in places:
+            value = mapping[key]
+            items = zip(value, value.lines) if isinstance(value, _List) else [(value, mapping.lines[key])]
+            for label, line in items:
+                if not isinstance(label, str):
+                    continue  # labels() said how to write it
+                try:
+                    label_kind, _, _, position = parse_label(label)
+                except ComponentError as error:
+                    self.problem(line, f"`{key}` in {where}: {error}")
+                    continue
+                if kind not in KINDS:
+                    continue  # choices() reported the kind
+                if label_kind != kind:
+                    self.problem(
+                        line,
+                        f"`{key}` in {where} lists {label!r}, a label of {label_kind} components, but the claim measures "
+                        f"{kind} components: name them as {_label_example(kind, each)}, or set the sweep's component.",
+                    )
+                elif each and position is None:
+                    self.problem(
+                        line,
+                        f"`{key}` in {where} lists {label!r} without a position, but the sweep patches each position "
+                        f"(positions: each): append '@P', the token index (e.g. '{label}@3').",
+                    )
+                elif not each and position is not None:
+                    self.problem(
+                        line,
+                        f"`{key}` in {where} lists {label!r} with a position, which only a sweep with positions: each "
+                        f"has: drop '@{position}', or give the sweep positions: each.",
+                    )
+
+    def model(self, mapping: _Map, where: str) -> None:
+        """Report a model that cannot load: a path that does not exist, or a near miss of the organism's name.
+        Any other name may be a hub id, known only when it loads."""
+        spec = mapping.get("model")
+        if not _is_str(spec) or spec == ORGANISM:
+            return
+        if Path(resolve_model_spec(spec, self.path.parent)).expanduser().exists():
+            return
+        line = mapping.lines["model"]
+        if looks_like_path(spec):
+            self.problem(line, f"`model` in {where}: no model at {self.path.parent / Path(spec).expanduser()}: the path "
+                         "does not exist. Paths are relative to this YAML file.")
+        elif "/" not in spec and did_you_mean(spec, [ORGANISM]):
+            self.problem(line, f"`model` in {where}: {spec!r} is not a model directory next to this file, and a hub id "
+                         f"so close to the organism's name is unlikely.{did_you_mean(spec, [ORGANISM])}")
+
+    def marks(self, value: Any, line: int, where: str) -> tuple[MarkSpec, ...] | None:
+        """``marks:`` as mark specs; whether each name is registered is pytest's to say, at collection."""
+        if not isinstance(value, _List):
+            self.problem(line, f"{where} must be a list of pytest marks (e.g. {MARKS_EXAMPLE}), not {_shown(value)}.")
+            return None
+        marks = []
+        with self.counting() as clean:
+            for item, item_line in zip(value, value.lines):
+                if isinstance(item, str):
+                    name, argument = item.strip(), None
+                elif isinstance(item, _Map) and len(item) == 1:
+                    name, argument = next(iter(item.items()))
+                else:
+                    self.problem(item_line, f"{where} lists {_shown(item)}: a mark is a name (slow) or a mapping of one "
+                                 "name to its arguments ({xfail: {reason: ..., strict: true}}).")
+                    continue
+                if not (isinstance(name, str) and name.isidentifier() and not name.startswith("_")):
+                    self.problem(item_line, f"{where} lists the mark name {name!r}: a mark's name is a Python identifier "
+                                 "(e.g. slow).")
+                    continue
+                if name in FUNCTION_MARKS:
+                    self.problem(item_line, f"{where}: `{name}` configures a Python test function; {FUNCTION_MARKS[name]}.")
+                    continue
+                kwargs = _plain(argument) if isinstance(argument, _Map) else {}
+                args = tuple(_plain(argument)) if isinstance(argument, _List) else () if argument is None or kwargs else (argument,)
+                if "raises" in kwargs:
+                    self.problem(item_line, f"{where}: `raises` of `{name}` takes exception classes, which a YAML file "
+                                 "cannot name; give a `reason` instead.")
+                    continue
+                marks.append(MarkSpec(name, args, kwargs, item_line))
+        return tuple(marks) if clean[0] else None
 
     def labels(self, mapping: _Map, key: str, where: str) -> list[str] | None:
         """``mapping[key]`` as a list of component labels; a bare string counts as a list of one."""
@@ -541,19 +744,49 @@ class _Checker:
         if "file" in value:
             return TaskSpec(file=self.path.parent / value["file"], n=value.get("n"))
         variant = {k: v for k, v in value.items() if k not in ("name", "n", "seed")}
-        return TaskSpec(name=value["name"], n=value.get("n"), seed=value.get("seed"), variant=variant)
+        spec = TaskSpec(name=value["name"], n=value.get("n"), seed=value.get("seed"), variant=variant)
+        return spec if self._task_values(spec, value, where) else None
+
+    def _task_values(self, spec: TaskSpec, value: _Map, where: str) -> bool:
+        """Report an unknown task, each option its generator does not take and a missing ``n``, each at its line
+        (the generator's signature says; nothing is generated). True when there is none."""
+        with self.counting() as clean:
+            try:
+                TaskSpec(name=spec.name, n=1).check()  # any n: the name alone
+            except SettingsError as error:
+                self.problem(value.lines["name"], f"{where}: {error}")
+                return False
+            for key, option in spec.variant.items():
+                try:
+                    TaskSpec(name=spec.name, n=1, variant={key: option}).check()
+                except SettingsError as error:
+                    self.problem(value.lines[key], f"{where}: {error}")
+            try:
+                TaskSpec(name=spec.name, n=spec.n if self.n_prompts is None else self.n_prompts).check()
+            except SettingsError as error:
+                self.problem(value.line, f"{where}: {error}")
+        return clean[0]
 
     def sweep(self, value: Any, line: int, where: str) -> dict[str, Any] | None:
         if not self.mapping(value, line, where, "{component: attn_head, metric: logit_diff}"):
             return None
         with self.counting() as clean:
             self.settings(value, where, SWEEP_TYPES)
+            self.choices(value, where, _choices("sweep"))
+            kind = value.get("component", "attn_head")
+            if _is_positive_int(value.get("window")) and value["window"] > 1 and kind in KINDS and kind not in WINDOWED_KINDS:
+                self.problem(
+                    value.lines["window"],
+                    f"`window` in {where}: a sliding window restores adjacent layers together, which is defined for "
+                    f"{' and '.join(WINDOWED_KINDS)} components, not {kind}. Use window: 1, or component: mlp or attn.",
+                )
         return {k: v for k, v in value.items() if k in SWEEP_KEYS} if clean[0] else None
 
     def block(
-        self, value: Any, line: int, where: str, types: FieldTypes, required: str | None, example: str
+        self, value: Any, line: int, where: str, measure: str, types: FieldTypes, required: str | None, example: str
     ) -> dict[str, Any] | None:
-        """A `circuit:`, `path:` or `edges:` block: known keys, checked values, the required one present."""
+        """A `circuit:`, `path:` or `edges:` block (``measure``): known keys, checked values, the required one
+        present, circuit nodes that parse."""
         if not self.mapping(value, line, where, example):
             return None
         labels = [key for key in ("nodes", "universe", "receivers") if key in types]
@@ -564,6 +797,13 @@ class _Checker:
                     self.labels(value, key, where)  # says which item is wrong, and how
                 else:
                     self.field(value, key, where, accepts, expected)
+            self.choices(value, where, _choices(measure))
+            if measure == "circuit":
+                for key in ("nodes", "universe"):
+                    self.parsed(value.get(key), value.lines.get(key), key, where, parse_node)
+                groups = value.get("groups")
+                for group in groups.values() if isinstance(groups, _Map) else ():
+                    self.parsed(group, groups.line, "groups", where, parse_node)
         if not clean[0]:
             return None
         return {k: (list(v) if isinstance(v, list) else {n: list(g) for n, g in v.items()} if isinstance(v, dict) else v)
@@ -575,6 +815,7 @@ class _Checker:
             return None
         with self.counting() as clean:
             self.settings(value, where, ROBUST_TYPES)
+            self.choices(value, where, _choices("robust"))
         return {k: list(v) if isinstance(v, list) else v for k, v in value.items()} if clean[0] else None
 
     def measure_expect(self, value: Any, line: int, where: str, measure: str) -> Expectation | None:
@@ -599,7 +840,8 @@ class _Checker:
                         self.keys(entry, what, tuple(types), needs)
                         for name, (accepts, expected) in types.items():
                             if name == "edges" and isinstance(entry.get(name), list):
-                                self.labels(entry, name, what)
+                                if self.labels(entry, name, what) is not None:
+                                    self.parsed(entry[name], entry.lines[name], name, what, Edge.parse)
                             else:
                                 self.field(entry, name, what, accepts, expected)
                     if key == "score" and not entry:
@@ -698,8 +940,13 @@ def _is_pairs_file(data: Any) -> bool:
     return isinstance(data, list) or (isinstance(data, dict) and "pairs" in data and "claims" not in data)
 
 
-def parse_claims(text: str, path: Path) -> tuple[list[Claim], list[Problem]] | None:
-    """The valid claims of a claims file and every problem found, or None for a prompt-pairs file."""
+def parse_claims(text: str, path: Path, *, n_prompts: int | None = None) -> tuple[list[Claim], list[Problem]] | None:
+    """The valid claims of a claims file and every problem found, or None for a prompt-pairs file.
+
+    Everything that can be checked without a model is: the schema, and each name of a task, task option,
+    component kind, corruption, metric, direction, method, circuit test or ablation, and the form of each label.
+    ``n_prompts`` is ``--interp-n-prompts``, which gives every task its n.
+    """
     try:
         data = yaml.load(text, Loader=_LineLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as error:
@@ -712,13 +959,14 @@ def parse_claims(text: str, path: Path) -> tuple[list[Claim], list[Problem]] | N
         return [], [Problem(1, message)]
     if _is_pairs_file(data):
         return None
-    check = _Checker(path)
+    check = _Checker(path, n_prompts)
     if not isinstance(data, _Map):
         message = f"a claims file is a mapping with model, task and claims, not {_shown(data)}. For example:\n{EXAMPLE}"
         check.problem(1, message)
         return [], check.problems
     check.keys(data, "the file", TOP_KEYS, ("claims",))
     check.field(data, "model", "the file", _is_str, "a name or path such as organism")
+    check.model(data, "the file")
     task = check.task(data["task"], data.lines["task"], "`task`") if "task" in data else None
     claims_value = data.get("claims")
     if "claims" in data and not (isinstance(claims_value, _List) and claims_value):
@@ -733,7 +981,7 @@ def parse_claims(text: str, path: Path) -> tuple[list[Claim], list[Problem]] | N
         claim = _claim(check, item, line, f"claim #{index + 1}", seen, without, data, task)
         if claim is not None:
             claims.append(claim)
-    check.claim = None
+    check.claim, check.claim_line = None, None
     for key, example in (("model", "model: organism"), ("task", "task: {name: ioi, n: 64}")):
         if without[key] and key not in data:
             names = ", ".join(repr(name) for name in without[key])
@@ -747,7 +995,7 @@ def _claim(
     without: dict[str, list[str]], top: _Map, top_task: TaskSpec | None,
 ) -> Claim | None:
     """One claim, with the file's model and task unless it gives its own; names seen so far are in ``seen``."""
-    check.claim = None
+    check.claim, check.claim_line = None, line
     if not check.mapping(item, line, where, "{name: ..., sweep: {...}, expect: {...}}"):
         return None
     name = item.get("name")
@@ -764,7 +1012,9 @@ def _claim(
         elif check.claim:
             seen[check.claim] = item.lines["name"]
         check.field(item, "model", where, _is_str, "a name or path such as organism")
+        check.model(item, where)
         task, sweep, robust, expect, circuit, path = top_task, {}, {}, None, None, None
+        marks = check.marks(item["marks"], item.lines["marks"], f"`marks` of {where}") if "marks" in item else ()
         if "task" in item:
             task = check.task(item["task"], item.lines["task"], f"`task` of {where}")
         given = [key for key in MEASURES if key in item]
@@ -779,17 +1029,20 @@ def _claim(
             sweep = check.sweep(item["sweep"], item.lines["sweep"], f"`sweep` of {where}")
         if "circuit" in item:
             circuit = check.block(
-                item["circuit"], item.lines["circuit"], f"`circuit` of {where}", CIRCUIT_TYPES, "nodes",
+                item["circuit"], item.lines["circuit"], f"`circuit` of {where}", "circuit", CIRCUIT_TYPES, "nodes",
                 '{nodes: ["9.9", "9.6"], test: sufficiency}',
             )
         if "path" in item:
             path = check.block(
-                item["path"], item.lines["path"], f"`path` of {where}", PATH_TYPES, "receivers", '{receivers: ["9.9.q"]}'
+                item["path"], item.lines["path"], f"`path` of {where}", "path", PATH_TYPES, "receivers",
+                '{receivers: ["9.9.q"]}',
             )
         edges = None
         if "edges" in item:
             value = _Map(item.lines["edges"]) if item["edges"] is None else item["edges"]
-            edges = check.block(value, item.lines["edges"], f"`edges` of {where}", EDGES_TYPES, None, "{method: eap_ig, steps: 5}")
+            edges = check.block(
+                value, item.lines["edges"], f"`edges` of {where}", "edges", EDGES_TYPES, None, "{method: eap_ig, steps: 5}"
+            )
         if "robust" in item:
             robust = check.robust(item["robust"], item.lines["robust"], f"`robust` of {where}")
             if not (isinstance(item.get("expect"), _Map) and "robust" in item["expect"]):
@@ -804,6 +1057,10 @@ def _claim(
                 expect = check.measure_expect(item["expect"], item.lines["expect"], f"`expect` of {where}", measure)
             else:
                 expect = check.expect(item["expect"], item.lines["expect"], f"`expect` of {where}", path="path" in item)
+                settings = item.get("sweep") if isinstance(item.get("sweep"), _Map) else {}
+                kind, positions = ("attn_head", "all") if "path" in item else (
+                    settings.get("component", "attn_head"), settings.get("positions", "all"))
+                check.component_labels(item["expect"], kind, positions, f"`expect` of {where}")
     for key in ("model", "task"):
         if key not in item and key not in top:
             without[key].append(check.claim or where)
@@ -812,12 +1069,14 @@ def _claim(
         return None
     if ("circuit" in item and circuit is None) or ("path" in item and path is None) or ("edges" in item and edges is None):
         return None
+    if marks is None:
+        return None
     return Claim(
         name=name, line=line, model=model, model_line=item.lines.get("model", top.lines.get("model", line)),
         task=task, task_line=item.lines.get("task", top.lines.get("task", line)),
         sweep=sweep, sweep_line=next((item.lines[key] for key in MEASURES if key in item), line),
         robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
-        circuit=circuit, path=path, edges=edges,
+        circuit=circuit, path=path, edges=edges, marks=marks,
     )
 
 
@@ -1039,24 +1298,32 @@ class ClaimItem(pytest.Item):
 
 
 class ProblemItem(pytest.Item):
-    """One mistake in a claims file, reported as a failed test so the rest of the session still runs."""
+    """The mistakes of one claim (or one of the file's own), reported together as one failed test, each with its
+    line, so that the rest of the session still runs."""
 
-    def __init__(self, *, problem: Problem, **kwargs: Any) -> None:
+    def __init__(self, *, problems: Sequence[Problem], **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.problem = problem
+        self.problems = list(problems)
 
     def runtest(self) -> None:
-        raise ClaimSetupError(f"{_shown_path(self)}:{self.problem.line}: {self.problem.message}")
+        where = _shown_path(self)
+        raise ClaimSetupError("\n".join(f"{where}:{p.line}: {p.message}" for p in self.problems))
 
     def repr_failure(self, excinfo: ExceptionInfo[BaseException], style: Any = None) -> str | TerminalRepr:
         return str(excinfo.value)
 
     def reportinfo(self) -> tuple[Path, int, str]:
-        return self.path, self.problem.line - 1, self.name
+        return self.path, (self.problems[0].claim_line or self.problems[0].line) - 1, self.name
+
+
+def _registered_marks(config: pytest.Config) -> list[str]:
+    """The names of the marks registered in the ini file and by plugins (``markers``), as pytest reads them."""
+    return [line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")]
 
 
 class ClaimsFile(pytest.File):
-    """A YAML claims file: one item per claim, or one failing item per problem."""
+    """A YAML claims file: one item per claim, one failing item per claim with mistakes, and one for the file's
+    mistakes outside any claim."""
 
     def collect(self) -> Iterator[pytest.Item]:
         try:
@@ -1065,15 +1332,50 @@ class ClaimsFile(pytest.File):
             problems: list[Problem] = [Problem(1, f"cannot read the file ({error}). Save it as UTF-8 text.")]
             claims: list[Claim] = []
         else:
-            parsed = parse_claims(text, self.path)
+            parsed = parse_claims(text, self.path, n_prompts=session_of(self.config).options.n_prompts)
             if parsed is None:
                 return
             claims, problems = parsed
-        names: dict[str, int] = {}
-        for problem in problems:
-            base = f"{problem.claim} (line {problem.line})" if problem.claim else f"schema error (line {problem.line})"
-            names[base] = names.get(base, 0) + 1
-            name = base if names[base] == 1 else f"{base} #{names[base]}"
-            yield ProblemItem.from_parent(self, name=name, problem=problem)
+        marked = []
         for claim in claims:
-            yield ClaimItem.from_parent(self, name=claim.name, claim=claim)
+            marks = self._marks(claim)
+            if isinstance(marks, Problem):
+                problems.append(marks)
+            else:
+                marked.append((claim, marks))
+        # The mistakes of each claim, in the order of their lines, under one item named after the claim (and
+        # those of the file outside any claim under one more).
+        groups: dict[int | None, list[Problem]] = {}
+        for problem in sorted(problems, key=lambda p: p.line):
+            groups.setdefault(problem.claim_line, []).append(problem)
+        for claim_line, group in sorted(groups.items(), key=lambda entry: entry[1][0].line):
+            if claim_line is None:
+                name = f"schema error (line {group[0].line})"
+            else:
+                name = f"{group[0].claim or 'claim'} (line {claim_line})"
+            yield ProblemItem.from_parent(self, name=name, problems=group)
+        for claim, marks in marked:
+            item = ClaimItem.from_parent(self, name=claim.name, claim=claim)
+            for mark in marks:
+                item.add_marker(mark)
+            yield item
+
+    def _marks(self, claim: Claim) -> list[pytest.MarkDecorator] | Problem:
+        """The claim's marks, or the problem with one. pytest judges each name as it judges a Python test's marks:
+        an unregistered one warns (at the claim's line) or, under --strict-markers, is a mistake of the claim."""
+        marks = []
+        for spec in claim.marks:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    decorator = getattr(pytest.mark, spec.name)
+                except pytest.fail.Exception as error:
+                    hint = did_you_mean(spec.name, _registered_marks(self.config))
+                    message = (f"`marks` of claim {claim.name!r}: {error.msg}.{hint} Register the mark (the ini "
+                               "file's `markers`, or config.addinivalue_line('markers', ...) in a conftest.py).")
+                    return Problem(spec.line, message, claim.name, claim.line)
+            for warning in caught:
+                hint = did_you_mean(spec.name, _registered_marks(self.config))
+                warnings.warn_explicit(f"{warning.message}{hint}", warning.category, str(self.path), spec.line)
+            marks.append(decorator.with_args(*spec.args, **spec.kwargs) if spec.args or spec.kwargs else decorator)
+        return marks
