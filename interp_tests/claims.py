@@ -250,7 +250,8 @@ class Claims:
         figures = [_figures(self, label, sign) for label in names]
         missing = [f for f in figures if f.label not in detected]
         weakest = min(figures, key=lambda f: signed(f.zscore, sign))
-        record_claim(f"detected {', '.join(names)}", f"z({weakest.label})={weakest.zscore:+.2f}", not missing)
+        claim = f"detected {', '.join(names)} ({_threshold_text(sd, sign)})"
+        record_claim(claim, f"z({weakest.label})={weakest.zscore:+.2f}", not missing)
         if not missing:
             return
         verdict = f"not detected (needs {_threshold_text(sd, sign)}, sign={sign})."
@@ -268,7 +269,8 @@ class Claims:
         figures = [_figures(self, label, sign) for label in names]
         found = [f for f in figures if f.label in detected]
         strongest = min(figures, key=lambda f: f.rank)
-        record_claim(f"not detected {', '.join(names)}", f"z({strongest.label})={strongest.zscore:+.2f}", not found)
+        claim = f"not detected {', '.join(names)} ({_threshold_text(sd, sign)})"
+        record_claim(claim, f"z({strongest.label})={strongest.zscore:+.2f}", not found)
         if not found:
             if self.metric == "prob":
                 _warn_probability_blind_spot(self, names, sign)
@@ -303,7 +305,8 @@ class Claims:
         rates = {label: boot.detection_rate(label, sign) for label in names}
         unstable = [label for label in names if rates[label] < min_detection_rate]
         weakest = min(names, key=rates.__getitem__)
-        record_claim(f"stable {', '.join(names)}", f"detection rate({weakest})={rates[weakest]:.0%}", not unstable)
+        claim = f"stable {', '.join(names)} (detected at {_threshold_text(sd, sign)} in >= {min_detection_rate:.0%})"
+        record_claim(claim, f"detection rate({weakest})={rates[weakest]:.0%}", not unstable)
         if not unstable:
             return
         pct = f"{100 * boot.confidence:g}% CI"

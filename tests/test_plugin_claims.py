@@ -99,5 +99,5 @@ def test_claims_are_recorded_for_the_summary(tiny_sweep, ranked):
         tiny_sweep.assert_top_k(ranked[0], k=1)
         with pytest.raises(ClaimError):
             tiny_sweep.assert_detected(ranked[-1])
-    assert [(o.claim, o.passed) for o in outcomes] == [(f"top 1: {ranked[0]}", True), (f"detected {ranked[-1]}", False)]
+    assert [(o.claim, o.passed) for o in outcomes] == [(f"top 1: {ranked[0]}", True), (f"detected {ranked[-1]} (z >= 2.00)", False)]
     assert outcomes[1].figure == f"z({ranked[-1]})={tiny_sweep.zscore(ranked[-1]):+.2f}"

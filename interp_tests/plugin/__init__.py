@@ -3,26 +3,37 @@
 pytest loads it through the ``pytest11`` entry point. This module and what it imports at startup
 stay free of torch, transformers and nnsight, which load when a claim first needs a model, so suites
 that never patch a model pay nothing for having interp-tests installed.
+
+What an interp test checked (each claim with its figure and verdict, its sweeps, notes and report files)
+goes into the test's ``user_properties``, which JUnit XML (``--junitxml``) writes as ``<properties>`` and
+which carry it from xdist workers to the summary; with pytest-html (``--html``) it is also a text extra
+of the test, next to its report figures.
 """
 
 from __future__ import annotations
 
-import json
+import base64
 import re
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from . import baselines, fixtures
-from .fixtures import RECORD_KEY, SESSION_KEY, InterpOptions, InterpSession, record_of
+from .fixtures import RECORD_KEY, SESSION_KEY, InterpOptions, InterpSession, ItemRecord, record_of
 
 DEVICES = ("cpu", "cuda", "auto")
 DEFAULT_YAML_PATTERNS = ["hypotheses/**/*.yaml", "hypotheses/**/*.yml", "test_*.yaml", "test_*.yml"]
+# The user properties of an interp test: a count of its claims (always there), then one per claim checked
+# ("interp claim: detected 0.3 (z >= 2.00)" -> "passed: z(0.3)=+3.87"), per sweep ("computed", "cached",
+# "reused"), per figure, per note and per report file.
 PROPERTY = "interp"
+CLAIM_PREFIX = "interp claim: "
+LISTS = {"interp sweep": "sweeps", "interp figure": "figures", "interp note": "notes", "interp report": "reports"}
 MARKERS = (
     "interp_model(name): the model an interp test runs on: 'organism', a model directory (relative to the "
     "test file) or a hub id; used by the interp_model, interp_pairs and interp_sweep fixtures.",
@@ -202,13 +213,56 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
     record.claims.extend((o.claim, o.figure, o.passed) for o in outcomes)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> None:
-    """Attach the record as a user property: it reaches the xdist controller with the report."""
+def record_properties(record: ItemRecord) -> list[tuple[str, str]]:
+    """The record as user properties (see ``PROPERTY``): readable in JUnit XML, and read back by ``read_record``."""
+    passed = sum(ok for *_, ok in record.claims)
+    properties = [(PROPERTY, f"{len(record.claims)} claims: {passed} passed, {len(record.claims) - passed} failed")]
+    properties += [(CLAIM_PREFIX + claim, f"{'passed' if ok else 'failed'}: {figure}") for claim, figure, ok in record.claims]
+    properties += [(name, value) for name, field in LISTS.items() for value in getattr(record, field)]
+    return properties
+
+
+def read_record(properties: Iterable[tuple[str, object]]) -> ItemRecord | None:
+    """The record of an interp test from its report's user properties; None for any other test."""
+    properties = [(str(name), str(value)) for name, value in properties]
+    if not any(name == PROPERTY for name, _ in properties):
+        return None
+    record = ItemRecord()
+    for name, value in properties:
+        if name.startswith(CLAIM_PREFIX):
+            verdict, _, figure = value.partition(": ")
+            record.claims.append((name.removeprefix(CLAIM_PREFIX), figure, verdict == "passed"))
+        elif name in LISTS:
+            getattr(record, LISTS[name]).append(value)
+    return record
+
+
+def _html_extras(record: ItemRecord) -> list[dict[str, Any]]:
+    """pytest-html extras of a record: its claims, sweeps and notes as text, and its PNG report figures."""
+    from pytest_html import extras
+
+    lines = [f"{'passed' if ok else 'FAILED'}  {claim}: {figure}" for claim, figure, ok in record.claims]
+    lines += [f"{name.removeprefix('interp ')}: {value}" for name, value in record_properties(record)
+              if name in LISTS and name != "interp report"]
+    found = [extras.text("\n".join(lines), name="interp claims")] if lines else []
+    for path in map(Path, record.reports):
+        if path.suffix == ".png" and path.is_file():
+            found.append(extras.png(base64.b64encode(path.read_bytes()).decode("ascii"), name=path.name))
+    return found
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Attach the record as user properties, which the report copies (and carries to the xdist controller), and,
+    under pytest-html, as extras of the report the summary counts (the call's, or a setup that did not pass)."""
     record = item.stash.get(RECORD_KEY, None)
     if record is not None:
-        item.user_properties[:] = [p for p in item.user_properties if p[0] != PROPERTY]
-        item.user_properties.append((PROPERTY, json.dumps(asdict(record))))
+        item.user_properties[:] = [p for p in item.user_properties if not str(p[0]).startswith(PROPERTY)]
+        item.user_properties.extend(record_properties(record))
+    report = yield
+    if record is not None and getattr(item.config.option, "htmlpath", None) and (report.when == "call" or not report.passed):
+        report.extras = [*getattr(report, "extras", []), *_html_extras(record)]
+    return report
 
 
 @dataclass
@@ -229,38 +283,44 @@ class ClaimsSummary:
         self.reports: list[str] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        raw = dict(report.user_properties).get(PROPERTY)
-        if raw is None or (report.when != "call" and report.passed):
+        if report.when != "call" and report.passed:
             return
-        record = json.loads(raw)
+        record = read_record(report.user_properties)
+        if record is None:
+            return
         if report.when == "call" and hasattr(report, "wasxfail"):
             outcome = "xpassed" if report.passed else "xfailed"
         elif report.when != "call" and report.failed:
             outcome = "error"
         else:
             outcome = report.outcome
-        claims = record["claims"]
+        claims = record.claims
         failed = [figure for _, figure, passed in claims if not passed]
         if report.skipped and isinstance(report.longrepr, tuple):
             figure = report.longrepr[2].removeprefix("Skipped: ").splitlines()[0]
         else:
-            figure = "; ".join([*(failed or [figure for _, figure, _ in claims]), *record["figures"]]) or "-"
-        self.rows[report.nodeid] = _Row(report.nodeid, outcome, figure, record["sweeps"])
-        self.notes.update(dict.fromkeys(record["notes"]))
-        self.reports.extend(r for r in record["reports"] if r not in self.reports)
+            figure = "; ".join([*(failed or [figure for _, figure, _ in claims]), *record.figures]) or "-"
+        self.rows[report.nodeid] = _Row(report.nodeid, outcome, figure, record.sweeps)
+        self.notes.update(dict.fromkeys(record.notes))
+        self.reports.extend(r for r in record.reports if r not in self.reports)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        """The claims table under the default verbosity and -v; under -q only the claims that did not pass, with
+        the counts; under -qq one line of counts."""
         if not self.rows:
             return
-        write = terminalreporter.write_line
+        write, verbosity = terminalreporter.write_line, self.config.get_verbosity()
+        outcomes = Counter(row.outcome for row in self.rows.values())
+        counted = ", ".join(f"{n} {outcome}" for outcome, n in outcomes.most_common())
+        if verbosity <= -2:
+            write(f"interp claims: {counted}")
+            return
         terminalreporter.write_sep("=", "interp claims")
-        figure_width = min(48, max(len("figure"), *(len(r.figure) for r in self.rows.values())))
-        sweeps = {nodeid: "+".join(dict.fromkeys(row.sweeps)) or "-" for nodeid, row in self.rows.items()}
-        sweep_width = max(len("sweep"), *(len(s) for s in sweeps.values())) + 2
-        write(f"{'outcome':<9}{'sweep':<{sweep_width}}{'figure':<{figure_width + 2}}claim")
-        for nodeid, row in self.rows.items():
-            figure = row.figure if len(row.figure) <= figure_width else row.figure[: figure_width - 3] + "..."
-            write(f"{row.outcome:<9}{sweeps[nodeid]:<{sweep_width}}{figure:<{figure_width + 2}}{row.nodeid}")
+        rows = {nodeid: row for nodeid, row in self.rows.items() if verbosity >= 0 or row.outcome != "passed"}
+        if rows:
+            self._write_table(write, rows)
+        if verbosity < 0:
+            write(f"claims: {counted}")
         counts = Counter(status for row in self.rows.values() for status in row.sweeps)
         if counts:
             options = self.config.stash[SESSION_KEY].options
@@ -271,3 +331,13 @@ class ClaimsSummary:
             write(f"reports: {len(self.reports)} files in {self.config.stash[SESSION_KEY].options.report_dir}")
         for note in self.notes:
             write(f"note: {note}")
+
+    @staticmethod
+    def _write_table(write: Callable[[str], None], rows: dict[str, _Row]) -> None:
+        figure_width = min(48, max(len("figure"), *(len(r.figure) for r in rows.values())))
+        sweeps = {nodeid: "+".join(dict.fromkeys(row.sweeps)) or "-" for nodeid, row in rows.items()}
+        sweep_width = max(len("sweep"), *(len(s) for s in sweeps.values())) + 2
+        write(f"{'outcome':<9}{'sweep':<{sweep_width}}{'figure':<{figure_width + 2}}claim")
+        for nodeid, row in rows.items():
+            figure = row.figure if len(row.figure) <= figure_width else row.figure[: figure_width - 3] + "..."
+            write(f"{row.outcome:<9}{sweeps[nodeid]:<{sweep_width}}{figure:<{figure_width + 2}}{row.nodeid}")
