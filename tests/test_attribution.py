@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_engine import ARCHITECTURES, PAIRS, _module, build, word_tokenizer
+from test_engine import ARCHITECTURES, PAIRS, _module, build, gemma2, word_tokenizer
 
 import interp_tests as it
 from interp_tests.attribution import (
@@ -313,3 +313,77 @@ def test_grad_drop_on_a_one_layer_model_says_why_it_cannot_run():
     model = it.load_model(hf, tokenizer=tokenizer)
     with pytest.raises(SettingsError, match="one layer"):
         it.patch(model, ioi_pairs(2), "mlp", method="attribution", grad_drop=True)
+
+
+def autograd_estimates(model, pairs, kind, *, capped=True):
+    """Per-prompt attribution estimates by plain autograd (one backward pass per metric and prompt): at the corrupted
+    run, the gradient of the metric with respect to each activation of ``kind``'s site, times the clean minus the
+    corrupted activation, summed over the component's positions and features. The metric reads the logits the model
+    returns (after Gemma 2's ``final_logit_softcapping``), or with ``capped=False`` lm_head's output before the cap."""
+    site, tok, d_head = SITE_OF_KIND[kind], model.tokenizer, model.shape.d_head
+    heads = list(range(model.n_heads)) if kind == "attn_head" else [None]
+    out = {metric: [] for metric in METRICS}
+    for i in range(len(pairs)):
+        clean = torch.tensor([tok(pairs.clean[i])["input_ids"]])
+        corrupted = torch.tensor([tok(pairs.corrupted[i])["input_ids"]])
+        a, w = tok.convert_tokens_to_ids(pairs.answer[i]), tok.convert_tokens_to_ids(pairs.wrong[i])
+        raw = []  # lm_head's outputs, before any cap
+        hook = model.hf.lm_head.register_forward_hook(lambda m, args, output: raw.append(output[0, -1]))
+        try:
+            clean_logits, clean_acts = _capture(model, clean, site)
+        finally:
+            hook.remove()
+        clean_lp = torch.log_softmax(clean_logits if capped else raw[-1], -1)
+        for metric in METRICS:
+            live, hooks = {}, []
+
+            def keep(tensor, layer):
+                tensor.retain_grad()
+                live[layer] = tensor
+
+            for layer in range(model.n_layers):
+                module = _module(model, site, layer)
+                if site in ("resid", "head"):
+                    hooks.append(module.register_forward_pre_hook(lambda m, args, layer=layer: keep(args[0], layer)))
+                else:
+                    hooks.append(module.register_forward_hook(
+                        lambda m, args, output, layer=layer: keep(output[0] if isinstance(output, tuple) else output, layer)))
+            hooks.append(model.hf.lm_head.register_forward_hook(lambda m, args, output: raw.append(output[0, -1])))
+            try:
+                logits = model.hf(corrupted).logits[0, -1]
+            finally:
+                for hook in hooks:
+                    hook.remove()
+            logits = logits if capped else raw[-1]
+            lp = torch.log_softmax(logits, -1)
+            value = {"prob": lp[a].exp(), "logit_diff": logits[a] - logits[w],
+                     "kl": -(clean_lp.exp() * (clean_lp - lp)).sum()}[metric]
+            value.backward()
+            grid = np.zeros((model.n_layers, len(heads)))
+            for layer in range(model.n_layers):
+                step = (clean_acts[layer] - live[layer].detach()) * live[layer].grad
+                for h_i, head in enumerate(heads):
+                    features = slice(None) if head is None else slice(head * d_head, (head + 1) * d_head)
+                    grid[layer, h_i] = step[0, :, features].sum().item()
+            out[metric].append(grid if kind == "attn_head" else grid[:, 0])
+    return {metric: np.stack(values) for metric, values in out.items()}
+
+
+@pytest.fixture(scope="module")
+def gemma2_64() -> it.PatchableModel:
+    """test_engine's tiny Gemma 2 in float64, whose raw logits exceed final_logit_softcapping."""
+    torch.manual_seed(0)
+    return it.load_model(gemma2().double().eval(), tokenizer=word_tokenizer())
+
+
+@pytest.mark.parametrize("kind", ["attn_head", "attn", "mlp", "resid"])
+def test_gemma2_estimates_are_gradients_of_the_soft_capped_logits(gemma2_64, kind):
+    """Attribution reads the logits Gemma 2 outputs, after its final soft-cap: the estimates are the autograd
+    reference's, and the cap matters here (a reference on lm_head's output, before the cap, is far from them).
+    Not finite differences: Gemma 2's RMSNorm computes in float32 even in a float64 model, whose rounding a step of
+    1e-4 magnifies to ~0.5% of the derivative."""
+    expected = autograd_estimates(gemma2_64, PAIRS, kind)
+    assert_matches(estimates(gemma2_64, PAIRS, kind), expected)
+    uncapped = autograd_estimates(gemma2_64, PAIRS, kind, capped=False)
+    for metric in METRICS:
+        assert np.abs(uncapped[metric] - expected[metric]).max() > 0.05 * np.abs(expected[metric]).max(), metric
