@@ -80,12 +80,12 @@ def test_junit_xml_holds_each_claim_with_its_threshold_figure_and_verdict(pytest
     }
     z_top = f"{tiny_sweep.zscore(top):+.2f}"
     assert properties["the top head is detected"] == [
-        ("interp", "1 claims: 1 passed, 0 failed"),
+        ("interp", "1 claim: 1 passed, 0 failed"),
         (f"interp claim: detected {top} (z >= {tiny_sweep.zscore(top) - 0.01:.2f})", f"passed: z({top})={z_top}"),
         ("interp sweep", "computed"),
     ]
     assert properties["the weakest head is detected"] == [
-        ("interp", "1 claims: 0 passed, 1 failed"),
+        ("interp", "1 claim: 0 passed, 1 failed"),
         (f"interp claim: detected {bottom} (z >= 2.00)", f"failed: z({bottom})={tiny_sweep.zscore(bottom):+.2f}"),
         ("interp sweep", "reused"),
     ]

@@ -216,7 +216,8 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 def record_properties(record: ItemRecord) -> list[tuple[str, str]]:
     """The record as user properties (see ``PROPERTY``): readable in JUnit XML, and read back by ``read_record``."""
     passed = sum(ok for *_, ok in record.claims)
-    properties = [(PROPERTY, f"{len(record.claims)} claims: {passed} passed, {len(record.claims) - passed} failed")]
+    n = len(record.claims)
+    properties = [(PROPERTY, f"{n} claim{'s' * (n != 1)}: {passed} passed, {n - passed} failed")]
     properties += [(CLAIM_PREFIX + claim, f"{'passed' if ok else 'failed'}: {figure}") for claim, figure, ok in record.claims]
     properties += [(name, value) for name, field in LISTS.items() for value in getattr(record, field)]
     return properties
