@@ -77,20 +77,23 @@ from .results import PatchResult
 METHOD = "attribution"
 
 
-@contextlib.contextmanager
-def _parameters_require_grad(model: PatchableModel) -> Iterator[None]:
+class _parameters_require_grad:  # noqa: N801  (a context manager)
     """Activations only carry a graph when something upstream requires grad: switch it on for frozen models.
 
     ``torch.autograd.grad`` is asked only for activation gradients, so no parameter's ``.grad`` is touched
-    and no weight gradient is computed.
+    and no weight gradient is computed. A class, not a ``contextlib.contextmanager``: it runs where the model
+    is, and nnsight ships functions there by their source, without decorators.
     """
-    frozen = [p for p in model.hf.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p in frozen:
+
+    def __init__(self, model: PatchableModel) -> None:
+        self.frozen = [p for p in model.hf.parameters() if not p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.frozen:
+            p.requires_grad_(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for p in self.frozen:
             p.requires_grad_(False)
 
 
@@ -105,7 +108,7 @@ def _grad_run(
     """
     inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     activations = {}
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         if delta is not None:
             embeddings = model.envoy(model.adapter.embed).output
             embeddings += delta.to(embeddings.dtype)

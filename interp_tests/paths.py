@@ -309,7 +309,7 @@ def _stage_one(
     last = model.n_layers - 1 if has_logits else max(reads)
     saved: dict[Receiver, Any] = {}
     final = None
-    with model.nn.trace(inputs) as tracer:
+    with model.trace(inputs) as tracer:
         if delta is not None and layer == 0:
             embeddings = model.envoy(adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
@@ -349,7 +349,7 @@ def _stage_two(
     index = index.to(device)
     first = min(writes)
     resumed = _resumed(target_cache, first, index)
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         if delta is not None and first == 0:
             embeddings = model.envoy(adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
