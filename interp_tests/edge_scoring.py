@@ -190,10 +190,13 @@ def _settings(model: PatchableModel, tokens: Any, method: str, metric: str, corr
 def _runs(model: PatchableModel, pairs: Pairs, *, ablation: str, metric: str, corruption: Corruption, seed: int,
           noise_scale: float, batch_size: int | None) -> CircuitRuns:
     graph = EdgeGraph.of(model)
-    return CircuitRuns(
+    runs = CircuitRuns(
         model, pairs, Circuit(), universe=graph.universe(), ablation=ablation, metric=metric, corruption=corruption,
         reference=None, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=True,
     )
+    runs.start()
+    runs.check_clean_run(runs.clean_summary)
+    return runs
 
 
 def exact_edge_scores(
