@@ -140,8 +140,8 @@ if TYPE_CHECKING:
     from ..results import PatchResult
     from ..robustness import Grid
 
-TOP_KEYS = ("model", "task", "claims")
-CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "edges", "expect")
+TOP_KEYS = ("model", "remote", "task", "claims")
+CLAIM_KEYS = ("name", "model", "remote", "task", "sweep", "robust", "circuit", "path", "edges", "expect")
 # What a claim measures: at most one of these blocks (none: a sweep with the defaults).
 MEASURES = ("sweep", "circuit", "path", "edges")
 TASK_FILE_KEYS = ("file", "n")
@@ -292,6 +292,11 @@ class Claim:
     circuit: dict[str, Any] | None = None
     path: dict[str, Any] | None = None
     edges: dict[str, Any] | None = None
+    remote: bool = False  # `remote: true`: the model runs on NDIF, named by its repo id
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
@@ -719,6 +724,7 @@ def parse_claims(text: str, path: Path) -> tuple[list[Claim], list[Problem]] | N
         return [], check.problems
     check.keys(data, "the file", TOP_KEYS, ("claims",))
     check.field(data, "model", "the file", _is_str, "a name or path such as organism")
+    check.field(data, "remote", "the file", _is_bool, "true (run the model on NDIF, by its repo id) or false")
     task = check.task(data["task"], data.lines["task"], "`task`") if "task" in data else None
     claims_value = data.get("claims")
     if "claims" in data and not (isinstance(claims_value, _List) and claims_value):
@@ -764,6 +770,7 @@ def _claim(
         elif check.claim:
             seen[check.claim] = item.lines["name"]
         check.field(item, "model", where, _is_str, "a name or path such as organism")
+        check.field(item, "remote", where, _is_bool, "true (run the model on NDIF, by its repo id) or false")
         task, sweep, robust, expect, circuit, path = top_task, {}, {}, None, None, None
         if "task" in item:
             task = check.task(item["task"], item.lines["task"], f"`task` of {where}")
@@ -817,7 +824,7 @@ def _claim(
         task=task, task_line=item.lines.get("task", top.lines.get("task", line)),
         sweep=sweep, sweep_line=next((item.lines[key] for key in MEASURES if key in item), line),
         robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
-        circuit=circuit, path=path, edges=edges,
+        circuit=circuit, path=path, edges=edges, remote=bool(item.get("remote", top.get("remote", False))),
     )
 
 
@@ -914,7 +921,7 @@ class ClaimItem(pytest.Item):
         claim = self.claim
         name = f"{self.path.stem}.{safe_name(claim.name)}"
         with _blame(self._where(claim.model_line)):
-            model = session.model(claim.model, base_dir=self.path.parent)
+            model = session.model(claim.model, base_dir=self.path.parent, remote=claim.remote)
         with _blame(self._where(claim.task_line)):
             pairs = session.pairs(claim.task, model)
 
