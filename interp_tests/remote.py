@@ -204,6 +204,15 @@ def _ndif_backend_class() -> type:
                 time.sleep(RETRY_DELAY_S * 2**attempt)
             raise AssertionError("unreachable")
 
+        def _serialize(self, tracer: Any) -> bytes:
+            import warnings
+
+            # Pickling an object that does not name its module makes pickle look for it in every imported module,
+            # which sets off deprecated modules' import-time warnings (scipy's): noise about nothing this calls.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return super()._serialize(tracer)
+
         def send(self, request: Any, blob: bytes) -> Any:
             response = self._post(request, blob)
             self.accepted = True

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.abc
 import importlib.metadata
 import io
 import linecache
+import queue
 import re
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,17 +62,44 @@ def server_packages() -> frozenset[str]:
 
 @contextlib.contextmanager
 def packages_hidden(kept: frozenset[str]) -> Iterator[None]:
-    """Every imported module outside ``kept`` removed from ``sys.modules`` and every path outside site-packages
-    from ``sys.path``, so importing one fails as on a server without it; restored afterwards."""
-    hidden_paths = [p for p in sys.path if p and "site-packages" not in p and "lib/python" not in p]
+    """Every imported module outside ``kept`` removed from ``sys.modules``, and importing one refused (whatever
+    finder would find it: an editable install's too), as on a server without it; restored afterwards."""
     hidden = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[0] not in kept}
-    for path in hidden_paths:
-        sys.path.remove(path)
+    blocker = _Unimportable(kept)
+    sys.meta_path.insert(0, blocker)
     try:
         yield
     finally:
+        sys.meta_path.remove(blocker)
         sys.modules.update(hidden)
-        sys.path[:0] = hidden_paths
+
+
+class _Unimportable(importlib.abc.MetaPathFinder):
+    """A finder that refuses every top-level package outside ``kept``."""
+
+    def __init__(self, kept: frozenset[str]) -> None:
+        self.kept = kept
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        if fullname.split(".")[0] not in self.kept:
+            raise ModuleNotFoundError(f"No module named {fullname!r} (not installed on the server)", name=fullname)
+        return None
+
+
+@contextlib.contextmanager
+def own_class_tracker() -> Iterator[None]:
+    """cloudpickle, unpickling a class shipped by value, reuses (and overwrites the methods of) a class of the same
+    tracker id that this process already has: the client's own class, in-process. A server is another process and
+    builds its own copies; so does the stand-in, with a tracker of its own while it runs."""
+    from cloudpickle import cloudpickle
+
+    saved = cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID, cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS
+    cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID = weakref.WeakValueDictionary()
+    cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS = weakref.WeakKeyDictionary()
+    try:
+        yield
+    finally:
+        cloudpickle._DYNAMIC_CLASS_TRACKER_BY_ID, cloudpickle._DYNAMIC_CLASS_TRACKER_BY_CLASS = saved
 
 
 @contextlib.contextmanager
@@ -142,9 +172,9 @@ class NdifStandIn:
             from nnsight.schema.request import RequestModel
             from nnsight.tracing.tracer import _saves, dec, inc
 
-            stream = LineStream(log)
+            stream = LineStream(lines.put)
             try:
-                with block_scope(), packages_hidden(kept), contextlib.redirect_stdout(stream):
+                with block_scope(), own_class_tracker(), packages_hidden(kept), contextlib.redirect_stdout(stream):
                     tracer = RequestModel.deserialize(
                         payload, self.server_model._remoteable_persistent_objects(), compress=compress
                     )
@@ -168,11 +198,21 @@ class NdifStandIn:
             finally:
                 stream.flush()
 
+        # The server's stdout lines reach the client while it waits, on the client's thread (as over the websocket),
+        # so a progress callback that raises (KeyboardInterrupt) stops the waiting; the server finishes its request.
+        lines: queue.Queue[str] = queue.Queue()
         worker = threading.Thread(target=execute, name="ndif-standin-actor")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the server's warnings go to its stderr, not the client's
             worker.start()
-            worker.join()
+            try:
+                while worker.is_alive() or not lines.empty():
+                    try:
+                        log(lines.get(timeout=0.01))
+                    except queue.Empty:
+                        pass
+            finally:
+                worker.join()
         if "error" in outcome:
             import traceback
 
