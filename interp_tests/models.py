@@ -36,6 +36,9 @@ class PatchableModel:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         self.name = name
         self.remote = remote
+        config = model.config if isinstance(model, torch.nn.Module) else model._module.config
+        self.adapter: Adapter = adapter_for(config)  # first: an unsupported model is refused before nnsight wraps it
+        self.shape: Shape = shape_of(self.adapter.language_config(config))
         if isinstance(model, TransformersModel):
             self.nn = model
         else:
@@ -43,8 +46,6 @@ class PatchableModel:
                 warnings.simplefilter("ignore")
                 self.nn = TransformersModel(model.eval(), tokenizer=tokenizer, task="text-generation")
         hf_model = self.hf
-        self.adapter: Adapter = adapter_for(hf_model.config)
-        self.shape: Shape = shape_of(self.adapter.language_config(hf_model.config))
         self._fingerprint: str | None = None
         # transformers 5.24 renamed the forward pass's `past_key_values` to `cache` (the old name is removed in
         # 5.40); earlier 5.x releases only know the old name.
