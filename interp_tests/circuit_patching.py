@@ -47,6 +47,7 @@ from .engine import (
     check_choice,
     eval_mode,
     in_passes,
+    model_identity,
     on_model,
     rows_per_pass,
     run,
@@ -376,6 +377,7 @@ class CircuitRuns:
         return {
             "model": self.model.name,
             "model_fingerprint": self.model.fingerprint(),
+            "model_identity": model_identity(self.model),
             "dataset": self.tokens.fingerprint(),
             "n_prompts": self.tokens.n,
             "ablation": self.ablation,

@@ -153,6 +153,7 @@ def test_circuit_scores_equal_the_local_ones(server, remote, local, pairs, test,
     assert mine.score == pytest.approx(theirs.score, abs=ATOL)
     assert mine.contributions == pytest.approx(theirs.contributions, abs=ATOL)
     assert mine.settings["runs"] == theirs.settings["runs"]
+    assert "repo id and revision" in mine.settings["model_identity"]
 
 
 def test_subset_searches_equal_the_local_ones(server, remote, local, pairs):
