@@ -41,10 +41,9 @@ prompts per pass. Sliding windows (``window > 1``) are not supported.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,13 +54,15 @@ from .claims import ClaimError
 from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import SettingsError
-from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
+from .metrics import AnswerReader, Metric, RunStats, UserMetric, check_clean_run, resolve_metric
 from .models import PatchableModel
+from .pairs import TokenizedPairs
 from .engine import (
     Progress,
     SharedPrefix,
     eval_mode,
     final_logits,
+    on_model,
     pass_inputs,
     prepare_sweep,
     progress_reporter,
@@ -69,6 +70,7 @@ from .engine import (
     run,
     shared_prefix,
     site_activation,
+    sweep_inputs,
     sweep_result,
 )
 from .exact import exact_patch
@@ -77,20 +79,23 @@ from .results import PatchResult
 METHOD = "attribution"
 
 
-@contextlib.contextmanager
-def _parameters_require_grad(model: PatchableModel) -> Iterator[None]:
+class _parameters_require_grad:  # noqa: N801  (a context manager)
     """Activations only carry a graph when something upstream requires grad: switch it on for frozen models.
 
     ``torch.autograd.grad`` is asked only for activation gradients, so no parameter's ``.grad`` is touched
-    and no weight gradient is computed.
+    and no weight gradient is computed. A class, not a ``contextlib.contextmanager``: it runs where the model
+    is, and nnsight ships functions there by their source, without decorators.
     """
-    frozen = [p for p in model.hf.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p in frozen:
+
+    def __init__(self, model: PatchableModel) -> None:
+        self.frozen = [p for p in model.hf.parameters() if not p.requires_grad]
+
+    def __enter__(self) -> None:
+        for p in self.frozen:
+            p.requires_grad_(True)
+
+    def __exit__(self, *exc_info: object) -> None:
+        for p in self.frozen:
             p.requires_grad_(False)
 
 
@@ -105,7 +110,7 @@ def _grad_run(
     """
     inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     activations = {}
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         if delta is not None:
             embeddings = model.envoy(model.adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
@@ -179,9 +184,9 @@ def attribution_patch(
     except that the result holds ``metric``'s effects only (one backward pass per metric). ``grad_drop=True``
     gives AtP*'s GradDrop magnitudes (see the module docstring); ``batch_size`` is prompts per pass and
     ``progress`` (True: a bar; or a callable ``(done, total)``) counts prompts."""
-    tokens, grid, source, target = prepare_sweep(
+    tokens, grid = prepare_sweep(
         model, pairs, component, corruption, metric, positions=positions, window=window, direction=direction,
-        seed=seed, noise_scale=noise_scale,
+        noise_scale=noise_scale,
     )
     if window != 1:
         raise SettingsError(
@@ -194,8 +199,49 @@ def attribution_patch(
             "grad_drop=True averages over the other layers' gradients, and this model has one layer: use "
             "grad_drop=False."
         )
-    n, vocab = tokens.n, model.shape.vocab_size
     metric, custom = resolve_metric(metric)
+    with progress_reporter(progress, "attribution") as report:
+        outcome = on_model(
+            model, attribution_work, tokens, site, corruption, metric, component=component, positions=positions,
+            direction=direction, seed=seed, noise_scale=noise_scale, grad_drop=grad_drop, batch_size=batch_size,
+            custom=custom, progress=report, user_code=[m.fn for m in custom],
+        )
+    clean_run = check_clean_run(outcome["clean_run"], model.tokenizer)
+    clean_stats, corrupt_stats = RunStats(outcome["clean"]), RunStats(outcome["corrupted"])
+    target_stats = corrupt_stats if direction == "denoise" else clean_stats
+    n_cells = int(np.prod(grid.shape))
+    raw = outcome["estimates"].reshape(tokens.n, n_cells).T  # [components, prompts]: estimated change of the raw metric
+    patched = RunStats({metric: target_stats[metric][None, :] + raw})
+    result = sweep_result(
+        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
+        rows_per_pass=outcome["rows_per_pass"], component=component, positions=positions, corruption=corruption,
+        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
+    )
+    result.settings["grad_drop"] = grad_drop
+    return result
+
+
+def attribution_work(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    site: str,
+    corruption: Corruption,
+    metric: str,
+    *,
+    component: str,
+    positions: str | int,
+    direction: str,
+    seed: int,
+    noise_scale: float,
+    grad_drop: bool,
+    batch_size: int | None,
+    custom: Sequence[UserMetric],
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Where the model runs (``engine.on_model``): the source run, the target run with autograd and the backward
+    passes, chunk by chunk; returns the estimates ``[prompts, cells]`` and the two runs' stats."""
+    source, target = sweep_inputs(model, tokens, corruption, direction=direction, seed=seed, noise_scale=noise_scale)
+    n, vocab = tokens.n, model.shape.vocab_size
     reader = AnswerReader(tokens, vocab, custom)
     reader.clean_logprobs = torch.zeros(n, vocab)  # filled chunk by chunk, as set_clean would
     estimates: list[torch.Tensor] = []
@@ -206,7 +252,7 @@ def attribution_patch(
             source_logits, cache = run(model, tokens, source, list(range(n)), cache_sites=(site,), prefix=prefix)
         batch_rows = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
         sites = {site, "attn", "mlp"} if grad_drop else {site}
-        with _parameters_require_grad(model), torch.enable_grad(), progress_reporter(progress, "attribution") as report:
+        with _parameters_require_grad(model), torch.enable_grad():
             for begin in range(0, n, batch_rows):
                 index = torch.arange(begin, min(n, begin + batch_rows))
                 target_logits, live = _grad_run(model, tokens, target, index, sites, prefix)
@@ -225,24 +271,18 @@ def attribution_patch(
                     estimates.append(estimate(torch.autograd.grad(value, activations, allow_unused=True)))
                 target_chunks.append(target_logits.detach().float().cpu())
                 del live, activations, deltas, value
-                if report is not None:
-                    report(int(index[-1]) + 1, n)
-    clean_logits = source_logits if direction == "denoise" else torch.cat(target_chunks)
-    clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
+                if progress is not None:
+                    progress(int(index[-1]) + 1, n)
+    target_logits = torch.cat(target_chunks)
+    clean_logits = source_logits if direction == "denoise" else target_logits
     all_prompts = torch.arange(n)
     source_stats = reader.stats(source_logits, all_prompts)
-    target_stats = reader.stats(torch.cat(target_chunks), all_prompts)
+    target_stats = reader.stats(target_logits, all_prompts)
     clean_stats, corrupt_stats = (source_stats, target_stats) if direction == "denoise" else (target_stats, source_stats)
-    n_cells = int(np.prod(grid.shape))
-    raw = torch.cat(estimates).reshape(n, n_cells).T  # [components, prompts]: estimated change of the raw metric
-    patched = RunStats({metric: target_stats[metric][None, :] + raw})
-    result = sweep_result(
-        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=metric, method=METHOD,
-        rows_per_pass=batch_rows, component=component, positions=positions, corruption=corruption,
-        direction=direction, window=window, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
-    )
-    result.settings["grad_drop"] = grad_drop
-    return result
+    return {
+        "estimates": torch.cat(estimates), "clean": dict(clean_stats.values), "corrupted": dict(corrupt_stats.values),
+        "clean_run": reader.clean_summary(clean_logits), "rows_per_pass": batch_rows,
+    }
 
 
 def _grad_drop(

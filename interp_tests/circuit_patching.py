@@ -32,11 +32,11 @@ import torch
 from .choices import ABLATIONS, CIRCUIT_TESTS
 from .circuit_results import CircuitResult, Completeness, Minimality, circuit_scores
 from .circuits import Circuit, Node, as_circuit, universe_of
-from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, check_corruption, corrupted_input, corruption_name
 from .edge_runs import EdgeMasks, edge_pass
 from .edges import EdgeGraph
-from .errors import ComponentError, PromptError, SettingsError
-from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
+from .errors import ComponentError, PromptError, RemoteUnsupportedError, SettingsError
+from .metrics import AnswerReader, CleanRun, Metric, RunStats, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .engine import (
@@ -48,6 +48,8 @@ from .engine import (
     check_choice,
     eval_mode,
     in_passes,
+    model_identity,
+    on_model,
     rows_per_pass,
     run,
     shared_prefix,
@@ -264,17 +266,19 @@ class CircuitRuns:
         noise_scale: float,
         batch_size: int | None,
         uses_universe: bool,
-        progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        """Checks the circuit and settings and tokenizes, here; ``start`` runs the model."""
         check_choice("ablation", ablation, ABLATIONS)
-        self.progress, self.done, self.planned = progress, 0, 0
+        self.progress, self.done, self.planned = None, 0, 0
         self.metric, custom = resolve_metric(metric)
-        self.model, self.ablation, self.batch_size = model, ablation, batch_size
+        self.model, self.circuit, self.ablation, self.batch_size = model, circuit, ablation, batch_size
         self.tokens = tokens = tokenize(model, pairs)
         named = list(tokens.named_positions)
         universe = None if universe is None else as_circuit(universe)
         # An edge circuit (or an empty one inside an edge universe) patches edges: see edge_runs.
         self.graph = EdgeGraph.of(model) if circuit.is_edges or (universe is not None and universe.is_edges) else None
+        if self.graph is not None and model.remote is not None:
+            raise RemoteUnsupportedError(model.remote_refusal("Patching edges"))
         if self.graph is not None:
             self.graph.check(circuit)
             self.universe = self.graph.universe() if universe is None else universe
@@ -293,17 +297,30 @@ class CircuitRuns:
             if uses_universe:
                 _check_universe(circuit, self.universe)
             self.sites = _node_sites(circuit) | (_node_sites(self.universe) if uses_universe else set())
-        self.clean_input = RunInput(tokens.clean_ids, None)
-        self.corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-        site_names = tuple(sorted({s for _, s in self.sites}))
-        self.reader = AnswerReader(tokens, model.shape.vocab_size, custom)
-        everyone = list(range(tokens.n))
+        check_corruption(model, tokens, corruption, noise_scale)
+        self.corruption, self.seed, self.noise_scale = corruption, seed, noise_scale
+        self.custom = custom
+        self.reference_tokens = tokens if reference is None else tokenize(model, reference)
         self.runs = 2 * tokens.n  # forward passes of one prompt each: clean and corrupted, then every patched one
+        self.runs += self.reference_tokens.n if ablation == "mean" else 0
+        self.reference = "the pairs' corrupted prompts" if reference is None else f"{len(reference)} reference pairs"
+        self.clean_run: CleanRun | None = None  # set by check_clean_run() once the reference runs have run
+
+    def start(self, progress: Callable[[int, int], None] | None = None) -> None:
+        """Where the model runs (inside ``engine.on_model``'s work): the clean and corrupted runs, cached, and the
+        ablated values; ``progress(done, total)`` then counts the patched runs."""
+        model, tokens = self.model, self.tokens
+        self.progress = progress
+        self.clean_input = RunInput(tokens.clean_ids, None)
+        self.corrupt_input = corrupted_input(model, tokens, self.corruption, seed=self.seed, noise_scale=self.noise_scale)
+        site_names = tuple(sorted({s for _, s in self.sites}))
+        self.reader = AnswerReader(tokens, model.shape.vocab_size, self.custom)
+        everyone = list(range(tokens.n))
         with torch.no_grad(), eval_mode(model):
             # Resampled values equal the clean ones wherever the prompts agree, so the shared prefix holds for
             # them; mean and zero ablation change the prefix's activations too.
             self.prefix = (
-                shared_prefix(model, tokens, self.clean_input, self.corrupt_input) if ablation == "resample" else NO_PREFIX
+                shared_prefix(model, tokens, self.clean_input, self.corrupt_input) if self.ablation == "resample" else NO_PREFIX
             )
             clean_logits, self.clean_cache = run(
                 model, tokens, self.clean_input, everyone, cache_sites=(*site_names, "out"), prefix=self.prefix
@@ -312,14 +329,15 @@ class CircuitRuns:
                 model, tokens, self.corrupt_input, everyone, cache_sites=(*site_names, "out"), prefix=self.prefix
             )
             self.reader.set_clean(clean_logits)
-            self.clean_run = check_clean_run(self.reader, clean_logits, model.tokenizer)
+            self.clean_summary = self.reader.clean_summary(clean_logits)
             index = torch.arange(tokens.n)
             self.clean = _metric_values(self.reader.stats(clean_logits, index), self.metric)
             self.corrupted = _metric_values(self.reader.stats(corrupt_logits, index), self.metric)
-            reference_tokens = tokens if reference is None else tokenize(model, reference)
-            self.values = _ablated_values(model, tokens, ablation, self.sites, self.corrupt_cache, reference_tokens)
-            self.runs += reference_tokens.n if ablation == "mean" else 0
-        self.reference = "the pairs' corrupted prompts" if reference is None else f"{len(reference)} reference pairs"
+            self.values = _ablated_values(model, tokens, self.ablation, self.sites, self.corrupt_cache, self.reference_tokens)
+
+    def check_clean_run(self, summary: dict[str, Any]) -> None:
+        """Here, after the work: the clean run's warnings, and its record in the settings."""
+        self.clean_run = check_clean_run(summary, self.model.tokenizer)
 
     def _masks(self) -> Masks | EdgeMasks:
         return Masks(self.model, self.tokens, self.prefix) if self.graph is None else EdgeMasks(self.graph)
@@ -358,12 +376,13 @@ class CircuitRuns:
         return {
             "model": self.model.name,
             "model_fingerprint": self.model.fingerprint(),
+            "model_identity": model_identity(self.model),
             "dataset": self.tokens.fingerprint(),
             "n_prompts": self.tokens.n,
             "ablation": self.ablation,
             "metric": self.metric,
             "reference": self.reference,
-            "clean_run": self.clean_run.as_settings(),
+            "clean_run": None if self.clean_run is None else self.clean_run.as_settings(),
             **extra,
         }
 
@@ -393,25 +412,18 @@ def circuit_patch(
     check_choice("test", test, CIRCUIT_TESTS)
     circuit = as_circuit(circuit)
     uses_universe = test == "faithfulness" or ablation != "resample"
+    runs = CircuitRuns(
+        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=uses_universe,
+    )
     with progress_reporter(progress, f"circuit {test}") as report:
-        runs = CircuitRuns(
-            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=uses_universe,
-            progress=report,
-        )
-        # The circuit, then the circuit without each node (for per-node contributions), in the same passes.
-        variants = [circuit, *(circuit - [node] for node in circuit)] if len(circuit) > 1 else [circuit]
-        if test == "sufficiency" and ablation == "resample":
-            patched_runs, empty = runs.restored(variants), runs.corrupted
-        elif test == "necessity" and ablation == "resample":
-            patched_runs, empty = runs.ablated(variants), runs.corrupted
-        elif test == "necessity":
-            *patched_runs, empty = runs.ablated([*variants, runs.universe])
-        else:
-            *patched_runs, empty = runs.kept([*variants, Circuit()])
+        outcome = on_model(model, circuit_work, runs, test, progress=report, user_code=[m.fn for m in runs.custom])
+    runs.check_clean_run(outcome["clean_run"])
+    runs.runs = outcome["runs"]
+    patched_runs = outcome["patched"]
     patched = patched_runs[0]
     without = {node.label: values for node, values in zip(circuit, patched_runs[1:])}
-    metrics = {"clean": runs.clean, "corrupted": runs.corrupted, "patched": patched, "empty": empty}
+    metrics = {"clean": outcome["clean"], "corrupted": outcome["corrupted"], "patched": patched, "empty": outcome["empty"]}
     settings = runs.settings(
         circuit=str(circuit),
         test=test,
@@ -429,14 +441,56 @@ def circuit_patch(
     )
 
 
+def circuit_work(
+    model: PatchableModel, runs: CircuitRuns, test: str, *, progress: Callable[[int, int], None] | None
+) -> dict[str, Any]:
+    """Where the model runs (``engine.on_model``): the reference runs, then the circuit and the circuit without each
+    node (for per-node contributions), in the same passes; m per prompt of each."""
+    runs.start(progress)
+    circuit = runs.circuit
+    variants = [circuit, *(circuit - [node] for node in circuit)] if len(circuit) > 1 else [circuit]
+    if test == "sufficiency" and runs.ablation == "resample":
+        patched_runs, empty = runs.restored(variants), runs.corrupted
+    elif test == "necessity" and runs.ablation == "resample":
+        patched_runs, empty = runs.ablated(variants), runs.corrupted
+    elif test == "necessity":
+        *patched_runs, empty = runs.ablated([*variants, runs.universe])
+    else:
+        *patched_runs, empty = runs.kept([*variants, Circuit()])
+    return {"clean": runs.clean, "corrupted": runs.corrupted, "patched": patched_runs, "empty": empty,
+            "runs": runs.runs, "clean_run": runs.clean_summary}
+
+
 def _search_runs(
-    model, pairs, circuit, *, universe, ablation, metric, corruption, reference, seed, noise_scale, batch_size, progress
+    model, pairs, circuit, *, universe, ablation, metric, corruption, reference, seed, noise_scale, batch_size
 ) -> CircuitRuns:
     return CircuitRuns(
         model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
         reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=True,
-        progress=progress,
     )
+
+
+def search_work(
+    model: PatchableModel, runs: CircuitRuns, search: Callable[..., tuple[list[tuple[str, Circuit, float, float]], float]],
+    *, progress: Callable[[int, int], None] | None, **options: Any,
+) -> dict[str, Any]:
+    """Where the model runs (``engine.on_model``): the reference runs and a subset search (``_completeness`` or
+    ``_minimality``); its rows with each subset as its labels."""
+    runs.start(progress)
+    rows, gap = search(runs, runs.circuit, **options)
+    return {"rows": [(label, k.labels, a, b) for label, k, a, b in rows], "gap": gap, "runs": runs.runs,
+            "clean_run": runs.clean_summary}
+
+
+def _searched(
+    model: PatchableModel, runs: CircuitRuns, search: Callable[..., Any], progress: Progress, what: str, **options: Any
+) -> tuple[list[tuple[str, Circuit, float, float]], float]:
+    """A subset search run on the model; its rows and gap here, with the clean run checked."""
+    with progress_reporter(progress, what) as report:
+        outcome = on_model(model, search_work, runs, search, progress=report, user_code=[m.fn for m in runs.custom], **options)
+    runs.check_clean_run(outcome["clean_run"])
+    runs.runs = outcome["runs"]
+    return [(label, Circuit(k), a, b) for label, k, a, b in outcome["rows"]], outcome["gap"]
 
 
 def _random_subsets(circuit: Circuit, count: int, rng: np.random.Generator) -> list[Circuit]:
@@ -471,17 +525,21 @@ def completeness(
     incompleteness largest. Each K costs two runs per prompt; ``n_runs`` reports the total. ``progress`` as for
     ``circuit_patch`` (its total grows as the greedy search picks its next subsets)."""
     circuit = as_circuit(circuit)
-    with progress_reporter(progress, "completeness") as report:
-        runs = _search_runs(
-            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=report,
-        )
-        return _completeness(runs, circuit, samples=samples, greedy_steps=greedy_steps, seed=seed, corruption=corruption)
+    runs = _search_runs(
+        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+    )
+    rows, gap = _searched(model, runs, _completeness, progress, "completeness", samples=samples,
+                          greedy_steps=greedy_steps, seed=seed)
+    return Completeness(
+        circuit, rows, gap=gap, n_runs=runs.runs,
+        settings=runs.settings(circuit=str(circuit), universe=str(runs.universe), corruption=corruption_name(corruption)),
+    )
 
 
 def _completeness(
-    runs: CircuitRuns, circuit: Circuit, *, samples: int, greedy_steps: int, seed: int, corruption: Corruption
-) -> Completeness:
+    runs: CircuitRuns, circuit: Circuit, *, samples: int, greedy_steps: int, seed: int
+) -> tuple[list[tuple[str, Circuit, float, float]], float]:
     universe_c = runs.universe
     full, empty = (float(v.mean()) for v in runs.kept([universe_c, Circuit()]))
     rows: list[tuple[str, Circuit, float, float]] = []
@@ -508,10 +566,7 @@ def _completeness(
         if not scored:
             break
         current = max(scored, key=lambda r: abs(r[2] - r[3]))[1]
-    return Completeness(
-        circuit, rows, gap=full - empty, n_runs=runs.runs,
-        settings=runs.settings(circuit=str(circuit), universe=str(universe_c), corruption=corruption_name(corruption)),
-    )
+    return rows, full - empty
 
 
 def minimality(
@@ -534,15 +589,20 @@ def minimality(
     named groups minus v, and ``samples`` random subsets of C\\{v}; the largest is v's effect. Two runs per K
     and node per prompt; ``n_runs`` reports the total. ``progress`` as for ``circuit_patch``."""
     circuit = as_circuit(circuit)
-    with progress_reporter(progress, "minimality") as report:
-        runs = _search_runs(
-            model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
-            reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size, progress=report,
-        )
-        return _minimality(runs, circuit, samples=samples, seed=seed, corruption=corruption)
+    runs = _search_runs(
+        model, pairs, circuit, universe=universe, ablation=ablation, metric=metric, corruption=corruption,
+        reference=reference, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
+    )
+    rows, gap = _searched(model, runs, _minimality, progress, "minimality", samples=samples, seed=seed)
+    return Minimality(
+        circuit, rows, gap=gap, n_runs=runs.runs,
+        settings=runs.settings(circuit=str(circuit), universe=str(runs.universe), corruption=corruption_name(corruption)),
+    )
 
 
-def _minimality(runs: CircuitRuns, circuit: Circuit, *, samples: int, seed: int, corruption: Corruption) -> Minimality:
+def _minimality(
+    runs: CircuitRuns, circuit: Circuit, *, samples: int, seed: int
+) -> tuple[list[tuple[str, Circuit, float, float]], float]:
     full, empty = (float(v.mean()) for v in runs.kept([runs.universe, Circuit()]))
     rng = np.random.default_rng(seed)
     pairs_to_run: list[tuple[str, Circuit]] = []
@@ -554,10 +614,7 @@ def _minimality(runs: CircuitRuns, circuit: Circuit, *, samples: int, seed: int,
     values = runs.kept(kept)
     n = len(pairs_to_run)
     rows = [(label, k, float(values[i].mean()), float(values[n + i].mean())) for i, (label, k) in enumerate(pairs_to_run)]
-    return Minimality(
-        circuit, rows, gap=full - empty, n_runs=runs.runs,
-        settings=runs.settings(circuit=str(circuit), universe=str(runs.universe), corruption=corruption_name(corruption)),
-    )
+    return rows, full - empty
 
 
 def _metric_values(stats: RunStats, metric: str) -> np.ndarray:

@@ -11,10 +11,11 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import nnsight
 import torch
 
 from .choices import CORRUPTIONS
-from .errors import SettingsError, did_you_mean
+from .errors import RemoteUnsupportedError, SettingsError, did_you_mean
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 
@@ -32,8 +33,11 @@ class RunInput:
 
 
 def token_embeddings(model: PatchableModel, ids: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return model.hf_module(model.adapter.embed)(ids.to(model.device)).float()
+    """The token embeddings of ``ids``, read in a trace that stops after the embedding (where the weights are)."""
+    with torch.no_grad(), model.trace({"input_ids": ids.to(model.device)}) as tracer:
+        embeddings = nnsight.save(model.envoy(model.adapter.embed).output)
+        tracer.stop()
+    return embeddings.float()
 
 
 def _prompt_noise(seed: int, tokens: torch.Tensor, d_model: int) -> torch.Tensor:
@@ -62,6 +66,29 @@ def gaussian_noise(
     return delta
 
 
+def check_corruption(model: PatchableModel, tokens: TokenizedPairs, corruption: Corruption, noise_scale: float) -> None:
+    """Refuse a corruption that cannot run on these pairs (or on a remote model) before anything runs."""
+    if callable(corruption):
+        if model.remote is not None:
+            raise RemoteUnsupportedError(
+                "A corruption callable rewrites the clean token embeddings on this machine, and this model's "
+                "weights are remote: use corruption='str' or 'gn' (which run on the server), or load the model "
+                "locally."
+            )
+        return
+    if corruption == "str":
+        tokens.require_corrupted()
+    elif corruption == "gn":
+        if not noise_scale > 0:
+            raise SettingsError(f"noise_scale={noise_scale!r} must be positive (the paper uses 3).")
+        tokens.require_corrupt_positions()
+    else:
+        raise SettingsError(
+            f"Unknown corruption {corruption!r}.{did_you_mean(str(corruption), CORRUPTIONS)} Use 'str' (symmetric token "
+            "replacement, recommended), 'gn' (Gaussian noise on the key tokens' embeddings), or a callable."
+        )
+
+
 def corrupted_input(
     model: PatchableModel,
     tokens: TokenizedPairs,
@@ -70,6 +97,8 @@ def corrupted_input(
     seed: int,
     noise_scale: float = DEFAULT_NOISE_SCALE,
 ) -> RunInput:
+    """The corrupted run's input (where the model's weights are: GN scales its noise by the embeddings)."""
+    check_corruption(model, tokens, corruption, noise_scale)
     if callable(corruption):
         clean = token_embeddings(model, tokens.clean_ids)
         corrupted = corruption(clean.clone(), tokens)
@@ -82,14 +111,7 @@ def corrupted_input(
         return RunInput(tokens.clean_ids, (corrupted.float() - clean).cpu())
     if corruption == "str":
         return RunInput(tokens.require_corrupted(), None)
-    if corruption == "gn":
-        if not noise_scale > 0:
-            raise SettingsError(f"noise_scale={noise_scale!r} must be positive (the paper uses 3).")
-        return RunInput(tokens.clean_ids, gaussian_noise(model, tokens, seed=seed, scale=noise_scale))
-    raise SettingsError(
-        f"Unknown corruption {corruption!r}.{did_you_mean(str(corruption), CORRUPTIONS)} Use 'str' (symmetric token "
-        "replacement, recommended), 'gn' (Gaussian noise on the key tokens' embeddings), or a callable."
-    )
+    return RunInput(tokens.clean_ids, gaussian_noise(model, tokens, seed=seed, scale=noise_scale))
 
 
 def corruption_name(corruption: Corruption) -> str:

@@ -101,7 +101,7 @@ def edge_pass(
         return total
 
     resumed = take_rows(target_cache[(first - 1, "out")], gather) if first > 0 else None
-    with torch.no_grad(), model.nn.trace(inputs):
+    with torch.no_grad(), model.trace(inputs):
         if delta is not None and first == 0:
             embeddings = model.envoy(adapter.embed).output
             embeddings += delta.to(embeddings.dtype)

@@ -63,7 +63,7 @@ def _receiver_grads(model: PatchableModel, graph: EdgeGraph, tokens: Any, run_in
     adapter, blocks = model.adapter, graph.blocks
     inputs, delta, row_read = pass_inputs(model, tokens, run_input, index, prefix)
     saved: dict[Any, Any] = {}
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         embeddings = model.envoy(adapter.embed).output
         if delta is not None:
             embeddings += delta.to(embeddings.dtype)
@@ -138,7 +138,7 @@ def edge_attribution(
             clean_logits, clean_cache = run(model, tokens, clean_input, everyone, cache_sites=sites, prefix=prefix)
             corrupt_logits, corrupt_cache = run(model, tokens, corrupt_input, everyone, cache_sites=sites, prefix=prefix)
             reader.set_clean(clean_logits)
-            check_clean_run(reader, clean_logits, model.tokenizer)
+            check_clean_run(reader.clean_summary(clean_logits), model.tokenizer)
             index = torch.arange(tokens.n)
             m_clean = _m(reader.stats(clean_logits, index), metric)
             m_corrupt = _m(reader.stats(corrupt_logits, index), metric)
@@ -190,10 +190,13 @@ def _settings(model: PatchableModel, tokens: Any, method: str, metric: str, corr
 def _runs(model: PatchableModel, pairs: Pairs, *, ablation: str, metric: str, corruption: Corruption, seed: int,
           noise_scale: float, batch_size: int | None) -> CircuitRuns:
     graph = EdgeGraph.of(model)
-    return CircuitRuns(
+    runs = CircuitRuns(
         model, pairs, Circuit(), universe=graph.universe(), ablation=ablation, metric=metric, corruption=corruption,
         reference=None, seed=seed, noise_scale=noise_scale, batch_size=batch_size, uses_universe=True,
     )
+    runs.start()
+    runs.check_clean_run(runs.clean_summary)
+    return runs
 
 
 def exact_edge_scores(

@@ -4,6 +4,12 @@ through nnsight with patches applied in forward order, batch sizing and a sweep'
 Each patched forward pass carries many rows; a row is one prompt with one component's activation
 restored from the source run's cache. Activations are overwritten in forward order (nnsight requires
 it), and only each prompt's last-token logits leave the trace.
+
+Every method splits in two: checking its settings and assembling its result happen here, and everything that
+runs the model is one function, ``work``, that ``on_model`` runs inside one nnsight session, on this machine or,
+for a remote model, on the server as one request. ``work`` gets the model and plain data, computes the metrics
+next to the weights and returns only them (tensors of one number per run), so caches, the shared prefix's keys
+and values and every activation stay where the weights are.
 """
 
 from __future__ import annotations
@@ -15,16 +21,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import nnsight
 import torch
 
 from . import __version__
 from .choices import DIRECTIONS
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
-from .corruptions import Corruption, RunInput, corrupted_input, corruption_name
+from .corruptions import Corruption, RunInput, check_corruption, corrupted_input, corruption_name
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
 from .metrics import CleanRun, Metric, RunStats, UserMetric, check_metric, normalised_metrics, raw_effects
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
+from .remote import log_progress, register_metric_module, register_package
 from .results import PatchResult
 
 Pairs = PromptPairs | TokenizedPairs
@@ -40,15 +48,21 @@ GPU_BATCH_SHARE = 0.5
 OUT_OF_MEMORY: type[RuntimeError] = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
 
 
-@contextlib.contextmanager
-def eval_mode(model: PatchableModel) -> Iterator[None]:
-    """Dropout would make every patching effect random: always run in eval mode, then restore."""
-    was_training = model.hf.training
-    model.hf.eval()
-    try:
-        yield
-    finally:
-        model.hf.train(was_training)
+class eval_mode:  # noqa: N801  (used as a context manager, like torch.no_grad)
+    """Dropout would make every patching effect random: always run in eval mode, then restore.
+
+    A class rather than a ``contextlib.contextmanager``: nnsight ships functions to a server by their source, which
+    drops decorators, and this runs there."""
+
+    def __init__(self, model: PatchableModel) -> None:
+        self.module = model.hf
+
+    def __enter__(self) -> None:
+        self.was_training = self.module.training
+        self.module.eval()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.module.train(self.was_training)
 
 
 @contextlib.contextmanager
@@ -76,6 +90,35 @@ def progress_reporter(progress: Progress, what: str) -> Iterator[Callable[[int, 
         raise SettingsError(
             f"progress={progress!r}: use True (a progress bar), a function progress(done, total), or None."
         )
+
+
+Outcome = TypeVar("Outcome")
+
+
+def on_model(
+    model: PatchableModel,
+    work: Callable[..., Outcome],
+    *args: Any,
+    progress: Callable[[int, int], None] | None = None,
+    user_code: Sequence[Callable[..., Any]] = (),
+    **kwargs: Any,
+) -> Outcome:
+    """``work(model, *args, progress=..., **kwargs)`` run where the model's weights are, in one nnsight session:
+    here, or for a remote model as one request to its server, of which only ``work``'s return value comes back
+    (tensors, numbers and lists or dicts of them: no interp-tests objects, which the server cannot send).
+    ``progress(done, total)`` is called as ``work`` reports (for a remote model, from the server's LOG updates);
+    ``user_code`` (user metrics) travels with the request, as interp-tests' own code does."""
+    backend, report = None, progress
+    if model.remote is not None:
+        register_package()
+        for function in user_code:
+            register_metric_module(getattr(function, "__module__", None))
+        backend = model.remote(model.nn, progress)
+        report = None if progress is None else log_progress
+    with model.nn.session(backend=backend):
+        outcome = work(model, *args, progress=report, **kwargs)
+        nnsight.save(outcome)
+    return outcome
 
 
 def tokenize(model: PatchableModel, pairs: Pairs) -> TokenizedPairs:
@@ -246,7 +289,7 @@ def run(
     plan = plan_patches(model, tokens, row_sites, prompts, prefix) if row_sites is not None else {}
     resumed = take_rows(cache[(resume_at - 1, "out")], index.to(device)) if resume_at > 0 else None
     saved: dict[tuple[int, str], Any] = {}
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         if delta is not None and resume_at == 0:
             embeddings = model.envoy(model.adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
@@ -286,8 +329,8 @@ def shared_prefix(model: PatchableModel, tokens: TokenizedPairs, *runs: RunInput
     if length == 0:
         return NO_PREFIX
     ids = runs[0].ids[:, :length].to(model.device)
-    output = model.hf(input_ids=ids, use_cache=True, logits_to_keep=1)  # its logits are not read
-    past = output[model.cache_argument]
+    with model.trace({"input_ids": ids, "use_cache": True, "logits_to_keep": 1}):  # its logits are not read
+        past = nnsight.save(model.nn.output[model.cache_argument])
     return SharedPrefix(length, past)
 
 
@@ -338,10 +381,9 @@ def prepare_sweep(
     positions: str | int,
     window: int,
     direction: str,
-    seed: int,
     noise_scale: float,
-) -> tuple[TokenizedPairs, ComponentGrid, RunInput, RunInput]:
-    """Check a sweep's settings and build its tokens, grid, and source and target runs (for any method)."""
+) -> tuple[TokenizedPairs, ComponentGrid]:
+    """Check a sweep's settings and build its tokens and grid (for any method; ``sweep_inputs`` builds its runs)."""
     check_metric(metric)
     check_choice("direction", direction, DIRECTIONS)
     tokens = tokenize(model, pairs)
@@ -351,10 +393,18 @@ def prepare_sweep(
     if isinstance(positions, str) and positions not in ("all", "each"):
         tokens.position(positions)
     check_positions_line_up(tokens, positions)
+    check_corruption(model, tokens, corruption, noise_scale)
+    return tokens, grid
+
+
+def sweep_inputs(
+    model: PatchableModel, tokens: TokenizedPairs, corruption: Corruption, *, direction: str, seed: int,
+    noise_scale: float,
+) -> tuple[RunInput, RunInput]:
+    """Inside ``work``: a sweep's source and target runs (Gaussian noise is scaled by the embeddings, on the model)."""
     clean_input = RunInput(tokens.clean_ids, None)
     corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-    source, target = (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
-    return tokens, grid, source, target
+    return (clean_input, corrupt_input) if direction == "denoise" else (corrupt_input, clean_input)
 
 
 def check_positions_line_up(tokens: TokenizedPairs, positions: str | int) -> None:
@@ -418,6 +468,7 @@ def sweep_result(
     settings = {
         "model": model.name,
         "model_fingerprint": model.fingerprint(),
+        "model_identity": model_identity(model),
         "dataset": tokens.fingerprint(),
         "n_prompts": tokens.n,
         "component": component,
@@ -444,6 +495,13 @@ def sweep_result(
         settings=settings,
         gaps=gaps,
     )
+
+
+def model_identity(model: PatchableModel) -> str:
+    """How ``model_fingerprint`` identifies the model, for reports."""
+    if model.remote is not None:
+        return "remote model: its repo id and revision (the weights are on the server and are not hashed)"
+    return "a hash of the architecture and every weight"
 
 
 def _summary(stats: RunStats) -> dict[str, float]:

@@ -54,6 +54,38 @@ class ResultFileError(InterpError):
     """A saved result that is missing, corrupt or from an incompatible version."""
 
 
+class RemoteError(InterpError):
+    """A remote run on NDIF (nnsight's server) failed; the subclass says where, the message how to fix it."""
+
+
+class RemoteUnreachableError(RemoteError):
+    """The NDIF host did not answer (wrong host, no network, server down), even after retrying."""
+
+
+class RemoteAuthError(RemoteError):
+    """The NDIF server refused the API key, or needs one and none was given."""
+
+
+class ModelNotDeployedError(RemoteError):
+    """The NDIF server does not serve this model (not deployed, or under another repo id or revision)."""
+
+
+class RemoteRequestError(RemoteError):
+    """The NDIF server rejected the request or failed while running it."""
+
+
+class RemoteTimeoutError(RemoteRequestError):
+    """The request ran past the NDIF server's execution timeout."""
+
+
+class RemoteResultTooLargeError(RemoteRequestError):
+    """The result is larger than the server returns inline, and it has no object store to stage it in."""
+
+
+class RemoteUnsupportedError(RemoteError):
+    """A computation that cannot run on a remote model (it needs the weights on this machine)."""
+
+
 class InterpWarning(UserWarning):
     """A claim that holds but may not mean what it says: a probability metric blind to negative components,
     Gaussian noise that pushes the model off distribution, a model at chance on the task. pytest lists these

@@ -220,6 +220,17 @@ class AnswerReader:
         chance = self.good.sum(-1) / candidates.sum(-1)
         return float(correct.float().mean()), float(chance.mean())
 
+    def clean_summary(self, clean_logits: torch.Tensor) -> dict[str, Any]:
+        """What ``CleanRun`` needs from the clean logits, a few numbers per prompt: accuracy and chance, the prompts
+        with an answer among the TOP_K most likely tokens, the mean P(answer) and each prompt's top-1 token."""
+        logits = clean_logits.float().cpu()
+        accuracy, chance = self.accuracy(logits)
+        top = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
+        in_top_k = self.good.gather(1, top).amax(dim=-1) > 0
+        prob = (torch.softmax(logits, dim=-1) * self.good).sum(-1)
+        return {"accuracy": accuracy, "chance": chance, "answer_in_top_k": int(in_top_k.sum()),
+                "answer_prob": float(prob.mean()), "top1": logits.argmax(dim=-1).tolist()}
+
 
 @dataclass(frozen=True)
 class CleanRun:
@@ -234,16 +245,14 @@ class CleanRun:
     predictions: list[list[Any]]  # the most frequent clean top-1 tokens: [piece, decoded text, prompts]
 
     @classmethod
-    def measure(cls, reader: AnswerReader, clean_logits: torch.Tensor, tokenizer: Any) -> CleanRun:
-        logits = clean_logits.float().cpu()
-        accuracy, chance = reader.accuracy(logits)
-        top = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
-        in_top_k = reader.good.gather(1, top).amax(dim=-1) > 0
-        prob = (torch.softmax(logits, dim=-1) * reader.good).sum(-1)
-        counts = Counter(logits.argmax(dim=-1).tolist()).most_common(SHOWN_PREDICTIONS)
+    def measure(cls, summary: Mapping[str, Any], tokenizer: Any) -> CleanRun:
+        """From ``AnswerReader.clean_summary`` (computed where the model runs) and the tokenizer (here)."""
+        top1 = [int(t) for t in summary["top1"]]
+        counts = Counter(top1).most_common(SHOWN_PREDICTIONS)
         pieces = token_pieces(tokenizer, [token for token, _ in counts])
         predictions = [[piece, tokenizer.decode([token]), n] for piece, (token, n) in zip(pieces, counts)]
-        return cls(len(logits), accuracy, chance, int(in_top_k.sum()), float(prob.mean()), predictions)
+        return cls(len(top1), float(summary["accuracy"]), float(summary["chance"]), int(summary["answer_in_top_k"]),
+                   float(summary["answer_prob"]), predictions)
 
     @property
     def never_predicted(self) -> bool:
@@ -283,10 +292,10 @@ class CleanRun:
             cls(**recorded).warn(stacklevel=stacklevel + 1)
 
 
-def check_clean_run(reader: AnswerReader, clean_logits: torch.Tensor, tokenizer: Any) -> CleanRun:
-    """Measure the clean run (``CleanRun``) and warn when the model does not do the task; every method calls
-    this once it has the clean logits."""
-    check = CleanRun.measure(reader, clean_logits, tokenizer)
+def check_clean_run(summary: Mapping[str, Any], tokenizer: Any) -> CleanRun:
+    """Measure the clean run (``CleanRun``, from ``AnswerReader.clean_summary`` of the clean logits) and warn when
+    the model does not do the task; every method calls this once it has the clean logits' summary."""
+    check = CleanRun.measure(summary, tokenizer)
     check.warn(stacklevel=3)
     return check
 

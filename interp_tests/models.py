@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from .adapters import Adapter, Shape, adapter_for, shape_of
-from .errors import ModelLoadError, WeightsUnavailableError
+from .errors import ModelLoadError, RemoteUnsupportedError, WeightsUnavailableError
+from .remote import BackendFactory, configure, ndif_backend
 from .specs import ORGANISM, looks_like_path
 
 
@@ -20,27 +21,62 @@ class PatchableModel:
     """A Hugging Face causal LM under nnsight, plus where its heads, MLPs and residual stream live.
 
     ``nn`` is the nnsight ``TransformersModel`` that interventions trace through; ``hf`` is the
-    underlying ``transformers`` module and ``tokenizer`` its tokenizer.
+    underlying ``transformers`` module and ``tokenizer`` its tokenizer. A remote model (``remote`` set: where its
+    requests go, see ``interp_tests.remote``) is built on the meta device from its configuration: its weights are
+    on the server, and every trace runs there (``engine.on_model``).
     """
 
-    def __init__(self, hf_model: torch.nn.Module, tokenizer: Any, *, name: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, remote: BackendFactory | None = None) -> None:
+        """``model`` is a ``transformers`` module, or (for a remote model) the nnsight model built without weights."""
         from nnsight.modeling.transformers import TransformersModel
 
-        self.hf = hf_model.eval()
         self.tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             # Pad ids only fill the right end of shorter prompts, where causal attention never looks.
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         self.name = name
-        self.adapter: Adapter = adapter_for(hf_model.config)
-        self.shape: Shape = shape_of(self.adapter.language_config(hf_model.config))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self.nn = TransformersModel(hf_model, tokenizer=tokenizer, task="text-generation")
+        self.remote = remote
+        config = model.config if isinstance(model, torch.nn.Module) else model._module.config
+        self.adapter: Adapter = adapter_for(config)  # first: an unsupported model is refused before nnsight wraps it
+        self.shape: Shape = shape_of(self.adapter.language_config(config))
+        if isinstance(model, TransformersModel):
+            self.nn = model
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.nn = TransformersModel(model.eval(), tokenizer=tokenizer, task="text-generation")
+        hf_model = self.hf
         self._fingerprint: str | None = None
         # transformers 5.24 renamed the forward pass's `past_key_values` to `cache` (the old name is removed in
         # 5.40); earlier 5.x releases only know the old name.
         self.cache_argument = "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
+
+    def __getstate__(self) -> dict[str, Any]:
+        """What a remote request carries (nnsight pickles the model into it): the nnsight model, which the server
+        resolves to its own copy, and the adapter and shape. The tokenizer stays here; on the server the model is
+        a local one."""
+        state = self.__dict__.copy()
+        state.update(tokenizer=None, remote=None, _fingerprint=None)
+        return state
+
+    @property
+    def hf(self) -> torch.nn.Module:
+        return self.nn._module
+
+    def trace(self, *inputs: Any, **kwargs: Any) -> Any:
+        """``nn.trace``, the one way interp-tests traces the model: refused on this machine for a remote model,
+        whose traces run inside its request (``engine.on_model``)."""
+        if self.remote is not None:
+            raise RemoteUnsupportedError(self.remote_refusal("This computation"))
+        return self.nn.trace(*inputs, **kwargs)
+
+    def remote_refusal(self, what: str) -> str:
+        return (
+            f"{what} would run {self.name!r} on this machine, which holds only its configuration and tokenizer "
+            "(the model is remote, on NDIF). The methods that run remotely are patch() (exact and attribution), "
+            "verify_top, path_patch and circuit_patch on node circuits; for this one, load the model locally "
+            "(load_model(..., remote=False) or without --interp-remote)."
+        )
 
     @property
     def n_layers(self) -> int:
@@ -53,6 +89,11 @@ class PatchableModel:
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
+
+    @property
+    def placement(self) -> str:
+        """Where the model runs: ``"remote"``, or the device type (``"cpu"``, ``"cuda"``)."""
+        return "remote" if self.remote is not None else self.device.type
 
     def __repr__(self) -> str:
         s = self.shape
@@ -70,10 +111,15 @@ class PatchableModel:
         return envoy
 
     def hf_module(self, path: str) -> torch.nn.Module:
+        if self.remote is not None:
+            raise RemoteUnsupportedError(self.remote_refusal("Reading a module's weights"))
         return self.hf.get_submodule(path)
 
     def fingerprint(self) -> str:
-        """A hash of the architecture and every weight: a changed model never reuses a cached result."""
+        """A hash of the architecture and every weight: a changed model never reuses a cached result. A remote
+        model's weights are not here: it is identified by its repo id and revision instead (``remote:`` prefix)."""
+        if self.remote is not None:
+            return f"remote:{self.nn.repo_id}@{self.nn.revision or 'default-branch'}"
         if self._fingerprint is None:
             digest = hashlib.blake2b(digest_size=16)
             digest.update(f"{self.hf.config.model_type}:{type(self.hf).__name__}".encode())
@@ -149,6 +195,8 @@ def load_model(
     *,
     tokenizer: Any = None,
     device: str | torch.device | None = None,
+    remote: bool | BackendFactory = False,
+    revision: str | None = None,
 ) -> PatchableModel:
     """Load a causal LM for patching.
 
@@ -156,7 +204,14 @@ def load_model(
     format, a llama2.c checkpoint (``.bin`` or its folder), a hub id such as
     ``"openai-community/gpt2"`` (when its weights are cached or the hub is reachable), or an in-memory
     ``transformers`` model given together with ``tokenizer=``.
+
+    ``remote=True`` runs the hub id ``spec`` (at ``revision``) on NDIF, nnsight's server (host and key from
+    ``NDIF_HOST`` / ``NDIF_API_KEY`` or nnsight's config): only its configuration and tokenizer are read here, from
+    the Hugging Face cache or the hub. A backend factory instead of True sends the requests elsewhere (tests use
+    an in-process stand-in for NDIF).
     """
+    if remote:
+        return _load_remote(spec, tokenizer=tokenizer, revision=revision, backend=ndif_backend if remote is True else remote)
     target = _resolve_device(device)
     if isinstance(spec, torch.nn.Module):
         if tokenizer is None:
@@ -190,3 +245,34 @@ def load_model(
             raise ModelLoadError(f"No model at {path}: the path does not exist.")
         model, tok = _load_pretrained(name, local=False, tokenizer=tokenizer)
     return PatchableModel(model.to(target), tokenizer or tok, name=name)
+
+
+def _load_remote(spec: Any, *, tokenizer: Any, revision: str | None, backend: BackendFactory) -> PatchableModel:
+    """A model on NDIF, built here from its configuration and tokenizer alone (on the meta device)."""
+    from nnsight.modeling import huggingface
+    from nnsight.modeling.transformers import TransformersModel
+    from transformers import AutoTokenizer
+
+    if not isinstance(spec, str) or spec == ORGANISM or Path(spec).expanduser().exists():
+        raise ModelLoadError(
+            f"remote=True runs a model that an NDIF server holds, named by its Hugging Face repo id (e.g. "
+            f"'meta-llama/Llama-3.1-70B'); {spec!r} is not one. Load local models and directories without remote=True."
+        )
+    configure()
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    if offline:
+        huggingface._ID_CACHE.setdefault(spec, spec)  # the key names the repo as given; the hub is not asked
+    try:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(spec, revision=revision)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            nn_model = TransformersModel(spec, revision=revision, task="text-generation", tokenizer=tokenizer)
+    except (OSError, ValueError) as error:
+        raise WeightsUnavailableError(
+            f"The configuration and tokenizer of {spec!r} are not available on this machine"
+            f"{' (HF_HUB_OFFLINE is set)' if offline else ' and the Hugging Face hub could not be reached'}: {error}\n"
+            "A remote model needs only these files here (config.json and the tokenizer files, no weights): "
+            f"`huggingface-cli download {spec} config.json tokenizer.json tokenizer_config.json` where the hub is "
+            "reachable, and copy the cache (HF_HOME) here."
+        ) from None
+    return PatchableModel(nn_model, tokenizer, name=spec, remote=backend)

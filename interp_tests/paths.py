@@ -35,7 +35,7 @@ import torch
 
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
 from .errors import ComponentError, InterpWarning, SettingsError, did_you_mean
-from .metrics import AnswerReader, Metric, RunStats, check_clean_run, resolve_metric
+from .metrics import AnswerReader, Metric, RunStats, UserMetric, check_clean_run, resolve_metric
 from .models import PatchableModel
 from .pairs import TokenizedPairs
 from .engine import (
@@ -45,6 +45,7 @@ from .engine import (
     eval_mode,
     final_logits,
     in_passes,
+    on_model,
     pass_inputs,
     prepare_sweep,
     progress_reporter,
@@ -52,6 +53,7 @@ from .engine import (
     take_rows,
     run,
     shared_prefix,
+    sweep_inputs,
     sweep_result,
 )
 from .results import PatchResult
@@ -178,35 +180,62 @@ def path_patch(
             stacklevel=2,
         )
     accesses = _accesses(model, parsed)
-    tokens, grid, source, target = prepare_sweep(
+    tokens, grid = prepare_sweep(
         model, pairs, "attn_head", corruption, metric, positions="all", window=1, direction="denoise",
-        seed=seed, noise_scale=noise_scale,
+        noise_scale=noise_scale,
     )
-    all_prompts = list(range(tokens.n))
     name, custom = resolve_metric(metric)
+    with progress_reporter(progress, "path patching") as report:
+        outcome = on_model(
+            model, path_work, tokens, corruption, accesses, has_logits, seed=seed, noise_scale=noise_scale,
+            custom=custom, batch_size=batch_size, progress=report, user_code=[m.fn for m in custom],
+        )
+    clean_run = check_clean_run(outcome["clean_run"], model.tokenizer)
+    result = sweep_result(
+        model, tokens, grid, RunStats(outcome["patched"]), RunStats(outcome["clean"]), RunStats(outcome["corrupted"]),
+        metric=name, method="path", rows_per_pass=outcome["rows_per_pass"], component="attn_head", positions="all",
+        corruption=corruption, direction="denoise", window=1, seed=seed, noise_scale=noise_scale, custom=custom,
+        clean_run=clean_run,
+    )
+    result.settings["receivers"] = [r.label for r in parsed]
+    result.settings["senders"] = senders
+    return result
+
+
+def path_work(
+    model: PatchableModel,
+    tokens: TokenizedPairs,
+    corruption: Corruption,
+    accesses: dict[int, list[tuple[str, list[tuple[Receiver, slice]]]]],
+    has_logits: bool,
+    *,
+    seed: int,
+    noise_scale: float,
+    custom: Sequence[UserMetric],
+    batch_size: int | None,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, Any]:
+    """Where the model runs (``engine.on_model``): the clean and corrupted runs, both stages of every
+    (sender, prompt) row, and their stats."""
+    source, target = sweep_inputs(model, tokens, corruption, direction="denoise", seed=seed, noise_scale=noise_scale)
+    all_prompts = list(range(tokens.n))
     reader = AnswerReader(tokens, model.shape.vocab_size, custom)
     with torch.no_grad(), eval_mode(model):
         prefix = shared_prefix(model, tokens, source, target)
         clean_logits, clean_cache = run(model, tokens, source, all_prompts, cache_sites=("head",), prefix=prefix)
         corrupt_logits, target_cache = run(model, tokens, target, all_prompts, cache_sites=("head", "out"), prefix=prefix)
         reader.set_clean(clean_logits)
-        clean_run = check_clean_run(reader, clean_logits, model.tokenizer)
         index = torch.arange(tokens.n)
         clean_stats, corrupt_stats = reader.stats(clean_logits, index), reader.stats(corrupt_logits, index)
         per_pass = rows_per_pass(model, tokens.seq_len - prefix.length, tokens.seq_len, batch_size)
-        with progress_reporter(progress, "path patching") as report:
-            patched, per_pass = _path_stats(
-                model, tokens, target, clean_cache, target_cache, prefix, reader, corrupt_stats, accesses, has_logits,
-                per_pass, report,
-            )
-    result = sweep_result(
-        model, tokens, grid, patched, clean_stats, corrupt_stats, metric=name, method="path",
-        rows_per_pass=per_pass, component="attn_head", positions="all", corruption=corruption,
-        direction="denoise", window=1, seed=seed, noise_scale=noise_scale, custom=custom, clean_run=clean_run,
-    )
-    result.settings["receivers"] = [r.label for r in parsed]
-    result.settings["senders"] = senders
-    return result
+        patched, per_pass = _path_stats(
+            model, tokens, target, clean_cache, target_cache, prefix, reader, corrupt_stats, accesses, has_logits,
+            per_pass, progress,
+        )
+    return {
+        "patched": dict(patched.values), "clean": dict(clean_stats.values), "corrupted": dict(corrupt_stats.values),
+        "clean_run": reader.clean_summary(clean_logits), "rows_per_pass": per_pass,
+    }
 
 
 def _path_stats(
@@ -309,7 +338,7 @@ def _stage_one(
     last = model.n_layers - 1 if has_logits else max(reads)
     saved: dict[Receiver, Any] = {}
     final = None
-    with model.nn.trace(inputs) as tracer:
+    with model.trace(inputs) as tracer:
         if delta is not None and layer == 0:
             embeddings = model.envoy(adapter.embed).output
             embeddings += delta.to(embeddings.dtype)
@@ -349,7 +378,7 @@ def _stage_two(
     index = index.to(device)
     first = min(writes)
     resumed = _resumed(target_cache, first, index)
-    with model.nn.trace(inputs):
+    with model.trace(inputs):
         if delta is not None and first == 0:
             embeddings = model.envoy(adapter.embed).output
             embeddings += delta.to(embeddings.dtype)

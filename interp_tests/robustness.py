@@ -26,12 +26,13 @@ import torch
 from . import display, engine, patching
 from .claims import GridClaims
 from .choices import BUILTIN_METRICS, CORRUPTIONS, METRICS
-from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
+from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, check_corruption, corrupted_input, corruption_name
+from .engine import eval_mode, run
 from .errors import MetricError, SettingsError
 from .files import atomic_write
 from .metrics import Metric, check_metric
 from .models import PatchableModel
-from .pairs import PromptPairs
+from .pairs import PromptPairs, TokenizedPairs
 from .reports import COLOUR_MAP, png_bytes, require_matplotlib
 from .results import PatchResult
 from .signs import check_sign
@@ -476,6 +477,31 @@ def off_distribution(
     ``corruption="str"`` the same numbers show whether token replacement stays in distribution.
     """
     tokens = engine.tokenize(model, pairs)
+    tokens.require_corrupt_positions()
+    check_corruption(model, tokens, corruption, noise_scale)
+    norms = engine.on_model(
+        model, residual_norms, tokens, corruption, seed=seed, noise_scale=noise_scale, batch_size=batch_size
+    )
+    clean_mean, clean_sd, corrupted_mean = norms["clean_mean"], norms["clean_sd"], norms["corrupted_mean"]
+    z = np.divide(corrupted_mean - clean_mean, clean_sd, out=np.zeros_like(clean_mean), where=clean_sd > 0)
+    return OffDistribution(
+        corruption=corruption_name(corruption),
+        noise_scale=noise_scale if corruption == "gn" else None,
+        threshold=threshold,
+        clean_mean=clean_mean,
+        clean_sd=clean_sd,
+        corrupted_mean=corrupted_mean,
+        ratio=corrupted_mean / norms["clean_marked_mean"],
+        z=z,
+    )
+
+
+def residual_norms(
+    model: PatchableModel, tokens: TokenizedPairs, corruption: Corruption, *, seed: int, noise_scale: float,
+    batch_size: int, progress: Callable[[int, int], None] | None,
+) -> dict[str, np.ndarray]:
+    """Where the model runs (``engine.on_model``): per layer, the mean and sd of the clean run's residual norms over
+    real tokens, and the means of the corrupted and clean runs' norms at the corrupted tokens."""
     marked = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
     for i, rows in enumerate(tokens.require_corrupt_positions()):
         marked[i, rows] = True
@@ -486,11 +512,11 @@ def off_distribution(
     clean_all: list[list[torch.Tensor]] = [[] for _ in layers]
     clean_marked: list[list[torch.Tensor]] = [[] for _ in layers]
     corrupted_marked: list[list[torch.Tensor]] = [[] for _ in layers]
-    with torch.no_grad(), engine.eval_mode(model):
+    with torch.no_grad(), eval_mode(model):
         for start in range(0, tokens.n, batch_size):
             prompts = list(range(start, min(tokens.n, start + batch_size)))
-            _, clean = engine.run(model, tokens, clean_input, prompts, cache_sites=("resid",))
-            _, corrupted = engine.run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
+            _, clean = run(model, tokens, clean_input, prompts, cache_sites=("resid",))
+            _, corrupted = run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
             for layer in layers:
                 clean_norm = clean[(layer, "resid")].float().norm(dim=-1).cpu()
                 corrupted_norm = corrupted[(layer, "resid")].float().norm(dim=-1).cpu()
@@ -501,19 +527,8 @@ def off_distribution(
     def per_layer(parts: list[list[torch.Tensor]], reduce: Callable[[np.ndarray], float]) -> np.ndarray:
         return np.array([reduce(torch.cat(chunks).double().numpy()) for chunks in parts])
 
-    clean_mean, clean_sd = per_layer(clean_all, np.mean), per_layer(clean_all, np.std)
-    corrupted_mean = per_layer(corrupted_marked, np.mean)
-    z = np.divide(corrupted_mean - clean_mean, clean_sd, out=np.zeros_like(clean_mean), where=clean_sd > 0)
-    return OffDistribution(
-        corruption=corruption_name(corruption),
-        noise_scale=noise_scale if corruption == "gn" else None,
-        threshold=threshold,
-        clean_mean=clean_mean,
-        clean_sd=clean_sd,
-        corrupted_mean=corrupted_mean,
-        ratio=corrupted_mean / per_layer(clean_marked, np.mean),
-        z=z,
-    )
+    return {"clean_mean": per_layer(clean_all, np.mean), "clean_sd": per_layer(clean_all, np.std),
+            "corrupted_mean": per_layer(corrupted_marked, np.mean), "clean_marked_mean": per_layer(clean_marked, np.mean)}
 
 
 @dataclass(frozen=True, eq=False)

@@ -258,11 +258,12 @@ def test_grad_drop_matches_an_autograd_reference(model64, kind):
 
 def test_sweeps_of_these_pairs_share_a_prefix(model64):
     """The pairs differ only after their first tokens, so the estimates above ran from a cached prefix."""
-    from interp_tests.engine import prepare_sweep, shared_prefix
+    from interp_tests.engine import prepare_sweep, shared_prefix, sweep_inputs
 
-    tokens, _, source, target = prepare_sweep(
-        model64, PAIRS, "mlp", "str", "logit_diff", positions="all", window=1, direction="denoise", seed=0, noise_scale=3.0
+    tokens, _ = prepare_sweep(
+        model64, PAIRS, "mlp", "str", "logit_diff", positions="all", window=1, direction="denoise", noise_scale=3.0
     )
+    source, target = sweep_inputs(model64, tokens, "str", direction="denoise", seed=0, noise_scale=3.0)
     assert shared_prefix(model64, tokens, source, target).length > 0
 
 

@@ -150,8 +150,7 @@ def test_overrides_from_the_command_line(pytester, tiny_files, tiny_sweep):
     result.assert_outcomes(passed=2)
 
 
-def test_remote_execution_is_refused_with_the_reason(pytester, tiny_files, monkeypatch):
-    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+def test_remote_execution_of_a_local_model_directory_is_refused_with_the_reason(pytester, tiny_files):
     pytester.makefile(
         ".yaml", test_claims=f"model: {tiny_files / 'model'}\ntask: {{file: {tiny_files / 'pairs.jsonl'}}}\nclaims:\n"
         "  - {name: remote, expect: {detected: ['0.1']}}\n"
@@ -159,8 +158,8 @@ def test_remote_execution_is_refused_with_the_reason(pytester, tiny_files, monke
     result = pytester.runpytest("--interp-remote")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["test_claims.yaml:1: --interp-remote asks for nnsight remote execution on NDIF, which the interp-tests patching "
-         "engine does not support yet. *NDIF_API_KEY, which is not set*"]
+        ["test_claims.yaml:1: remote=True runs a model that an NDIF server holds, named by its Hugging Face repo id *is "
+         "not one. Load local models and directories without remote=True."]
     )
 
 

@@ -74,10 +74,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                         default=False, help="delete every cached sweep before the session starts")
     _add(parser, "--interp-update-baselines", "write the regression baselines of interp claims instead of comparing "
          "with them (review the diff, then commit)", ini_type="bool", ini_default=False, action="store_true")
-    _add(parser, "--interp-remote", "execute models remotely on NDIF through nnsight, for models too large for this "
-         "machine; needs an NDIF API key (NDIF_API_KEY or nnsight's config) and network access. Not supported by the "
-         "patching engine yet: claims that load a model fail with an explanation", ini_type="bool", ini_default=False,
-         action="store_true")
+    _add(parser, "--interp-remote", "run every claim's model remotely on NDIF through nnsight (models named by "
+         "their Hugging Face repo id; only their config and tokenizer are read here), for models too large for this "
+         "machine; the NDIF host and API key come from --interp-ndif-host, NDIF_HOST, NDIF_API_KEY or nnsight's "
+         "config", ini_type="bool", ini_default=False, action="store_true")
+    _add(parser, "--interp-ndif-host", "the NDIF server remote models run on (default: NDIF_HOST, else nnsight's "
+         "CONFIG.API.HOST), e.g. http://127.0.0.1:8001", metavar="URL")
     parser.addini("interp_yaml_patterns", "glob patterns of YAML claims files, matched against paths relative to the "
                   "rootdir ('**/' spans directories)", type="linelist", default=DEFAULT_YAML_PATTERNS)
 
@@ -134,6 +136,7 @@ def read_options(config: pytest.Config) -> InterpOptions:
         cache_dir=_path_setting(config, "interp_cache_dir") or config.rootpath / ".interp_cache",
         update_baselines=bool(_setting(config, "interp_update_baselines")),
         remote=bool(_setting(config, "interp_remote")),
+        ndif_host=_setting(config, "interp_ndif_host"),
     )
 
 

@@ -64,6 +64,7 @@ class InterpOptions:
     cache_dir: Path = Path(".interp_cache")
     update_baselines: bool = False
     remote: bool = False
+    ndif_host: str | None = None
 
 
 @dataclass
@@ -94,15 +95,6 @@ def session_of(config: pytest.Config) -> InterpSession:
         ) from None
 
 
-def remote_message() -> str:
-    key = "is set" if os.environ.get("NDIF_API_KEY") else "is not set"
-    return (
-        "--interp-remote asks for nnsight remote execution on NDIF, which the interp-tests patching engine does "
-        "not support yet. Run without --interp-remote to load the models on this machine. (Remote runs will need "
-        f"an NDIF API key, from NDIF_API_KEY, which {key}, or nnsight's config, and network access to NDIF.)"
-    )
-
-
 class InterpSession:
     """Models, prompt pairs and sweeps of one pytest process, each made once."""
 
@@ -130,25 +122,31 @@ class InterpSession:
 
         return report
 
-    def model(self, spec: str | None, *, base_dir: Path | None = None) -> PatchableModel:
-        """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable."""
+    def model(self, spec: str | None, *, base_dir: Path | None = None, remote: bool = False) -> PatchableModel:
+        """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable. ``remote``
+        (or ``--interp-remote``) runs it on NDIF, named by its repo id (``spec``)."""
         spec = self.options.model or spec
         if not spec:
             raise InterpError(
                 "No model to run on: mark the test with @pytest.mark.interp_model('organism'), pass a name to "
                 "interp_model(...), give `model:` in the YAML claims, or set --interp-model."
             )
-        if self.options.remote:
-            raise InterpError(remote_message())
-        key = resolve_model_spec(str(spec), base_dir)
-        if key not in self._models:
+        remote = remote or self.options.remote
+        key = str(spec) if remote else resolve_model_spec(str(spec), base_dir)
+        memo = f"remote:{key}" if remote else key
+        if memo not in self._models:
             from ..models import load_model
+            from ..remote import configure
 
             try:
-                self._models[key] = load_model(key, device=self.options.device)
+                if remote:
+                    configure(host=self.options.ndif_host)
+                    self._models[memo] = load_model(key, remote=True)
+                else:
+                    self._models[memo] = load_model(key, device=self.options.device)
             except ModelLoadError as error:
-                self._models[key] = error
-        model = self._models[key]
+                self._models[memo] = error
+        model = self._models[memo]
         if isinstance(model, WeightsUnavailableError):
             # Reported at the test (or YAML claim) that needs the model, like a skip marker, not at this line.
             raise pytest.skip.Exception(str(model), _use_item_location=True)
@@ -221,7 +219,7 @@ class InterpSession:
             "version": __version__,
             "model_fingerprint": model.fingerprint(),
             "dataset": tokens.fingerprint(),
-            "device": model.device.type,
+            "device": model.placement,
             "component": component,
             "corruption": corruption,
             "positions": positions,
@@ -285,7 +283,7 @@ class InterpSession:
             settings["seed"] = self.options.seed
         return {
             "version": __version__, "kind": kind, "model_fingerprint": model.fingerprint(),
-            "dataset": tokens.fingerprint(), "device": model.device.type, **settings,
+            "dataset": tokens.fingerprint(), "device": model.placement, **settings,
         }
 
     def circuit(

@@ -159,8 +159,8 @@ if TYPE_CHECKING:
     from ..results import PatchResult
     from ..robustness import Grid
 
-TOP_KEYS = ("model", "task", "claims")
-CLAIM_KEYS = ("name", "model", "task", "sweep", "robust", "circuit", "path", "edges", "expect", "marks")
+TOP_KEYS = ("model", "remote", "task", "claims")
+CLAIM_KEYS = ("name", "model", "remote", "task", "sweep", "robust", "circuit", "path", "edges", "expect", "marks")
 # What a claim measures: at most one of these blocks (none: a sweep with the defaults).
 MEASURES = ("sweep", "circuit", "path", "edges")
 TASK_FILE_KEYS = ("file", "n")
@@ -324,6 +324,11 @@ class Claim:
     path: dict[str, Any] | None = None
     edges: dict[str, Any] | None = None
     marks: tuple[MarkSpec, ...] = ()
+    remote: bool = False  # `remote: true`: the model runs on NDIF, named by its repo id
+
+
+def _is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
 
 
 def _is_int(value: Any) -> bool:
@@ -967,6 +972,7 @@ def parse_claims(text: str, path: Path, *, n_prompts: int | None = None) -> tupl
     check.keys(data, "the file", TOP_KEYS, ("claims",))
     check.field(data, "model", "the file", _is_str, "a name or path such as organism")
     check.model(data, "the file")
+    check.field(data, "remote", "the file", _is_bool, "true (run the model on NDIF, by its repo id) or false")
     task = check.task(data["task"], data.lines["task"], "`task`") if "task" in data else None
     claims_value = data.get("claims")
     if "claims" in data and not (isinstance(claims_value, _List) and claims_value):
@@ -1013,6 +1019,7 @@ def _claim(
             seen[check.claim] = item.lines["name"]
         check.field(item, "model", where, _is_str, "a name or path such as organism")
         check.model(item, where)
+        check.field(item, "remote", where, _is_bool, "true (run the model on NDIF, by its repo id) or false")
         task, sweep, robust, expect, circuit, path = top_task, {}, {}, None, None, None
         marks = check.marks(item["marks"], item.lines["marks"], f"`marks` of {where}") if "marks" in item else ()
         if "task" in item:
@@ -1077,6 +1084,7 @@ def _claim(
         sweep=sweep, sweep_line=next((item.lines[key] for key in MEASURES if key in item), line),
         robust=robust, robust_line=item.lines.get("robust", expect.lines.get("robust", line)), expect=expect,
         circuit=circuit, path=path, edges=edges, marks=marks,
+        remote=bool(item.get("remote", top.get("remote", False))),
     )
 
 
@@ -1173,7 +1181,7 @@ class ClaimItem(pytest.Item):
         claim = self.claim
         name = f"{self.path.stem}.{safe_name(claim.name)}"
         with _blame(self._where(claim.model_line)):
-            model = session.model(claim.model, base_dir=self.path.parent)
+            model = session.model(claim.model, base_dir=self.path.parent, remote=claim.remote)
         with _blame(self._where(claim.task_line)):
             pairs = session.pairs(claim.task, model)
 
