@@ -130,18 +130,28 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
 
 
 @pytest.fixture(scope="session")
-def ndif_server(tmp_path_factory: pytest.TempPathFactory):
+def ndif_venv() -> Path:
+    """The local NDIF server's virtual environment (``INTERP_NDIF_VENV``); skips when the variable is unset, and
+    fails, naming the installer, when it names no complete server environment."""
+    from ndif_server import INSTALL_COMMAND, VENV_VARIABLE, server_venv
+
+    if not os.environ.get(VENV_VARIABLE):
+        pytest.skip(f"needs the local NDIF server: '{INSTALL_COMMAND}', then run with {VENV_VARIABLE}=.venv-ndif")
+    return server_venv()
+
+
+@pytest.fixture(scope="session")
+def ndif_server(ndif_venv: Path, tmp_path_factory: pytest.TempPathFactory):
     """A real NDIF server on 127.0.0.1 (``tests/ndif_server.py``) serving ``local/tiny-gpt2`` and
-    ``local/tiny-llama``, started once per session (about a minute) by the first test that asks for it.
+    ``local/tiny-llama``, started once per session (a minute or more) by the first test that asks for it, stopped
+    (every process, by process id) when the session ends.
 
     Skips when ``INTERP_NDIF_VENV`` is unset; when it is set (as ``.ci/run`` does) a server that cannot start
     is an error, never a skip. Use one process (``-p no:xdist``): each xdist worker would start its own.
     """
-    from ndif_server import INSTALL_COMMAND, VENV_VARIABLE, LocalNDIF, tiny_models
+    from ndif_server import LocalNDIF, tiny_models
 
-    if not os.environ.get(VENV_VARIABLE):
-        pytest.skip(f"needs the local NDIF server: '{INSTALL_COMMAND}', then run with {VENV_VARIABLE}=.venv-ndif")
-    with LocalNDIF(tiny_models(tmp_path_factory.mktemp("ndif-models"))) as server:
+    with LocalNDIF(tiny_models(tmp_path_factory.mktemp("ndif-models")), venv=ndif_venv) as server:
         yield server
 
 

@@ -242,8 +242,8 @@ class LocalNDIF:
         self.stop()
 
     def start(self) -> None:
-        # Short and under /tmp: Ray's unix sockets live below it and their paths may not exceed 107 bytes.
         self._started = time.monotonic()
+        # Short and under /tmp: Ray's unix sockets live below it and their paths may not exceed 107 bytes.
         self.workdir = Path(tempfile.mkdtemp(prefix="ndif-", dir="/tmp"))
         self.hub_cache = self.workdir / "hf" / "hub"
         self.hub_cache.mkdir(parents=True)

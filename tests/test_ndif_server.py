@@ -42,10 +42,10 @@ def local_run(server: LocalNDIF, repo_id: str, prompt: str, hook=None):
     return out
 
 
-def test_a_start_that_times_out_says_where_shows_the_logs_and_leaves_nothing_running(tmp_path):
+def test_a_start_that_times_out_says_where_shows_the_logs_and_leaves_nothing_running(ndif_venv, tmp_path):
     """Three seconds are too few for Ray's head to listen: the error names the step and holds the logs' tails,
     and every process started by then (redis, ``ray start`` and the daemons it spawned) is gone afterwards."""
-    server = LocalNDIF({"local/tiny": tmp_path}, startup_timeout=3)
+    server = LocalNDIF({"local/tiny": tmp_path}, venv=ndif_venv, startup_timeout=3)
     seen: set[int] = set()
     stop = server.stop
 
