@@ -87,6 +87,11 @@ def no_deprecated_dependency_calls():
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "ndif: runs against a real local NDIF server (the ndif_server fixture); skipped unless INTERP_NDIF_VENV "
+        "names the server's virtual environment ('bash .ci/ndif-setup' builds .venv-ndif)",
+    )
     # Most tests patch random models on purpose, which are at chance on every task and never predict its answers:
     # the warnings that say so (tested in test_reliability.py) would otherwise bury the warnings that matter.
     config.addinivalue_line("filterwarnings", "ignore:The model's clean accuracy:interp_tests.errors.InterpWarning")
@@ -111,3 +116,47 @@ def tiny_sweep(tiny_files: Path):
     from interp_tests import PromptPairs, load_model, patch
 
     return patch(load_model(tiny_files / "model"), PromptPairs.load(tiny_files / "pairs.jsonl"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """With ``INTERP_NDIF_VENV`` set (``.ci/run`` sets it), an ndif test that skips, for whatever reason, fails:
+    CI must have run it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and item.get_closest_marker("ndif") and os.environ.get("INTERP_NDIF_VENV"):
+        report.outcome = "failed"
+        report.longrepr = f"INTERP_NDIF_VENV is set, so this ndif test may not skip; it skipped: {report.longrepr}"
+
+
+@pytest.fixture(scope="session")
+def ndif_venv() -> Path:
+    """The local NDIF server's virtual environment (``INTERP_NDIF_VENV``); skips when the variable is unset, and
+    fails, naming the installer, when it names no complete server environment."""
+    from ndif_server import INSTALL_COMMAND, VENV_VARIABLE, server_venv
+
+    if not os.environ.get(VENV_VARIABLE):
+        pytest.skip(f"needs the local NDIF server: '{INSTALL_COMMAND}', then run with {VENV_VARIABLE}=.venv-ndif")
+    return server_venv()
+
+
+@pytest.fixture(scope="session")
+def ndif_server(ndif_venv: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A real NDIF server on 127.0.0.1 (``tests/ndif_server.py``) serving ``local/tiny-gpt2`` and
+    ``local/tiny-llama``, started once per session (a minute or more) by the first test that asks for it, stopped
+    (every process, by process id) when the session ends.
+
+    Skips when ``INTERP_NDIF_VENV`` is unset; when it is set (as ``.ci/run`` does) a server that cannot start
+    is an error, never a skip. Use one process (``-p no:xdist``): each xdist worker would start its own.
+    """
+    from ndif_server import LocalNDIF, tiny_models
+
+    with LocalNDIF(tiny_models(tmp_path_factory.mktemp("ndif-models")), venv=ndif_venv) as server:
+        yield server
+
+
+@pytest.fixture
+def ndif_client(ndif_server):
+    """``ndif_server`` with this process's nnsight pointed at it for the test (``LocalNDIF.client``)."""
+    with ndif_server.client():
+        yield ndif_server
