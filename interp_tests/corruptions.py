@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import SettingsError, did_you_mean
-from .models import PatchableModel
 from .pairs import TokenizedPairs
 
-EmbeddingCorruption = Callable[[torch.Tensor, TokenizedPairs], torch.Tensor]
+if TYPE_CHECKING:  # torch loads when a corruption is applied, not when its names are read (a cached result's)
+    import torch
+
+    from .models import PatchableModel
+
+EmbeddingCorruption = Callable[["torch.Tensor", TokenizedPairs], "torch.Tensor"]
 Corruption = str | EmbeddingCorruption
 NAMES = ("str", "gn")
 DEFAULT_NOISE_SCALE = 3.0
@@ -32,12 +35,16 @@ class RunInput:
 
 
 def token_embeddings(model: PatchableModel, ids: torch.Tensor) -> torch.Tensor:
+    import torch
+
     with torch.no_grad():
         return model.hf_module(model.adapter.embed)(ids.to(model.device)).float()
 
 
 def _prompt_noise(seed: int, tokens: torch.Tensor, d_model: int) -> torch.Tensor:
     """Noise for one prompt, seeded by the seed and the prompt's own tokens, not its place in a batch."""
+    import torch
+
     digest = hashlib.sha256(str(seed).encode() + tokens.numpy().tobytes()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
     return torch.randn(len(tokens), d_model, generator=generator)
@@ -51,6 +58,8 @@ def gaussian_noise(
     The std is taken over every embedding entry of the real (unpadded) tokens of the clean prompts,
     as Meng et al. (2022) and Zhang & Nanda (2024) do.
     """
+    import torch
+
     positions = tokens.require_corrupt_positions()
     embeddings = token_embeddings(model, tokens.clean_ids)
     real = tokens.attention_mask.bool().to(embeddings.device)
@@ -70,6 +79,8 @@ def corrupted_input(
     seed: int,
     noise_scale: float = DEFAULT_NOISE_SCALE,
 ) -> RunInput:
+    import torch
+
     if callable(corruption):
         clean = token_embeddings(model, tokens.clean_ids)
         corrupted = corruption(clean.clone(), tokens)

@@ -12,12 +12,13 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import PromptError
 from .files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 AnswerToken = str | int
 Answer = AnswerToken | Sequence[AnswerToken]
@@ -249,6 +250,12 @@ class PromptPairs:
         """Tokenize and check every pair for ``tokenizer``; raise ``PromptError`` naming the pair at fault."""
         return _tokenize(self, tokenizer)
 
+    def fingerprint(self) -> str:
+        """A hash of the pairs' text, answers, positions and spans: what identifies them before any tokenizer
+        (and torch) loads, for cache keys of models whose tokenizer is identified by its files."""
+        text = json.dumps(self.to_records(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class TokenizedPairs:
@@ -385,6 +392,8 @@ def _span_tokens(offsets: Sequence[tuple[int, int]], span: Span) -> list[int]:
 
 
 def _tokenize(pairs: PromptPairs, tokenizer: Any) -> TokenizedPairs:
+    import torch
+
     if not getattr(tokenizer, "is_fast", False) and pairs.spans:
         raise PromptError("Named spans need a fast (Rust) tokenizer for character offsets; load one with use_fast=True.")
     clean, offsets = _encode(tokenizer, pairs.clean, with_offsets=bool(pairs.spans))

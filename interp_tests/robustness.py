@@ -18,24 +18,28 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
-from . import display, engine, patching
+from . import display
 from .claims import GridClaims
 from .corruptions import DEFAULT_NOISE_SCALE, NAMES, Corruption, RunInput, corrupted_input, corruption_name
 from .errors import MetricError, SettingsError
 from .files import atomic_write
 from .metrics import BUILTIN_METRICS, METRICS, Metric, check_metric
-from .models import PatchableModel
 from .pairs import PromptPairs
 from .reports import COLOUR_MAP, png_bytes, require_matplotlib
 from .results import PatchResult
 from .signs import check_sign
 from .specs import TaskSpec
 from .stats import detected_in_at_least
+
+if TYPE_CHECKING:  # a grid of cached sweeps is read and claimed on without torch; running one loads it
+    import torch
+
+    from . import engine
+    from .models import PatchableModel
 
 PairsFactory = Callable[[str | None], PromptPairs]  # corrupt_tokens choice -> pairs
 PairsSource = PromptPairs | Mapping[str, Any] | PairsFactory
@@ -128,8 +132,10 @@ def grid(
     setting whose metric cannot be computed honestly (a ``MetricError``, e.g. a logit-difference denominator
     of ~0) is recorded in ``Grid.invalid`` with the reason. ``patch_kwargs`` go to ``patch`` (positions,
     window, direction, seed, noise_scale, batch_size, progress, method, grad_drop). ``sweep`` replaces
-    ``patching.patch`` with a function of the same signature, e.g. one that serves sweeps from a cache.
+    ``patching.patch`` with a function of the same signature, e.g. one that serves sweeps from a cache; it
+    gets each choice's pairs as the source gives them (the default tokenizes them once per choice).
     """
+
     clash = {"corruption", "metric"} & set(patch_kwargs)
     if clash:
         raise SettingsError(f"grid() varies {sorted(clash)} itself: use corruptions=[...] and metrics=[...].")
@@ -140,18 +146,24 @@ def grid(
         corrupt_tokens = [corrupt_tokens]
     choices = [None] if corrupt_tokens is None else _unique("corrupt_tokens", corrupt_tokens, str)
     make_pairs = _pairs_source(model, pairs_or_task, corrupt_tokens)
-    sweep = sweep or patching.patch
+    if sweep is None:
+        from . import engine, patching
+
+        run = patching.patch
+    else:
+        run = sweep
     settings: list[Setting] = []
     results: dict[Setting, PatchResult] = {}
     invalid: dict[Setting, str] = {}
     for choice in choices:
-        tokens = engine.tokenize(model, make_pairs(choice))
+        pairs = make_pairs(choice)
+        tokens = engine.tokenize(model, pairs) if sweep is None else pairs
         for corruption in corruptions:
             keys = [Setting(corruption_name(corruption), choice, metric) for metric in metrics]
             settings += keys
             for asked, group in _sweep_groups(keys, patch_kwargs.get("method", "exact") == "exact"):
                 try:
-                    result = sweep(model, tokens, component, corruption, by_name.get(asked, asked), **patch_kwargs)
+                    result = run(model, tokens, component, corruption, by_name.get(asked, asked), **patch_kwargs)
                 except MetricError as error:
                     invalid.update((key, str(error)) for key in group)
                     continue
@@ -474,6 +486,10 @@ def off_distribution(
     A heuristic for the paper's concern that Gaussian noise puts the model off distribution; with
     ``corruption="str"`` the same numbers show whether token replacement stays in distribution.
     """
+    import torch
+
+    from . import engine
+
     tokens = engine.tokenize(model, pairs)
     marked = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
     for i, rows in enumerate(tokens.require_corrupt_positions()):
