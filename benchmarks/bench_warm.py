@@ -7,7 +7,8 @@ repository root with one torch thread and HF_HUB_OFFLINE=1; the cold run starts 
 directory, then ``--repeats`` warm runs reuse it. The script checks that every warm run has the cold run's
 outcomes (pytest's counts line and every row of the interp claims table: outcome, figure, claim) and that no
 warm run imported torch, transformers or nnsight (each run reports ``sys.modules`` through a tiny plugin), and
-exits 1 otherwise. Wall-clock seconds include interpreter start-up and collection.
+exits 1 otherwise. Wall-clock seconds include interpreter start-up and collection; on a shared machine the
+child's CPU seconds (user + system) are printed too, as they depend far less on what else runs.
 
     python benchmarks/bench_warm.py [--repeats 5] [--paths hypotheses/]
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,14 +42,19 @@ def pytest_unconfigure(config):
 ROW = re.compile(r"^(passed|failed|skipped|xfailed|xpassed|error)\s+\S+\s+(.*)$")
 
 
-def run_pytest(paths: list[str], cache_dir: Path, plugin_dir: Path) -> tuple[float, str]:
+def child_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_pytest(paths: list[str], cache_dir: Path, plugin_dir: Path) -> tuple[float, float, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(plugin_dir), str(ROOT), env.get("PYTHONPATH")]))
     command = [sys.executable, "-m", "pytest", *paths, "-q", "-p", "no:cacheprovider", "-p", "bench_warm_reporter",
                "--interp-cache-dir", str(cache_dir)]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), child_cpu_s()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    return time.perf_counter() - start, done.stdout + done.stderr
+    return time.perf_counter() - start, child_cpu_s() - cpu, done.stdout + done.stderr
 
 
 def outcomes(output: str) -> tuple[str, list[str]]:
@@ -74,25 +81,27 @@ def main() -> int:
         plugin_dir.mkdir()
         (plugin_dir / "bench_warm_reporter.py").write_text(REPORTER.format(heavy=HEAVY))
         cache_dir = Path(scratch) / "cache"
-        cold_s, cold_output = run_pytest(args.paths, cache_dir, plugin_dir)
+        cold_s, cold_cpu, cold_output = run_pytest(args.paths, cache_dir, plugin_dir)
         cold = outcomes(cold_output)
-        print(f"cold: {cold_s:.2f} s, {cold[0]}, imported {', '.join(imported(cold_output)) or 'none'}")
-        warm_times, ok = [], bool(cold[1])
+        print(f"cold: {cold_s:.2f} s ({cold_cpu:.2f} CPU s), {cold[0]}, imported "
+              f"{', '.join(imported(cold_output)) or 'none'}")
+        warm_times, warm_cpu, ok = [], [], bool(cold[1])
         if not cold[1]:
             print("the cold run printed no interp claims table:\n" + cold_output[-3000:])
         for repeat in range(args.repeats):
-            seconds, output = run_pytest(args.paths, cache_dir, plugin_dir)
+            seconds, cpu, output = run_pytest(args.paths, cache_dir, plugin_dir)
             warm_times.append(seconds)
+            warm_cpu.append(cpu)
             heavy = [name for name in imported(output) if name in HEAVY]
             same = outcomes(output) == cold
-            print(f"warm {repeat + 1}: {seconds:.2f} s, outcomes {'identical' if same else 'DIFFER'}, "
+            print(f"warm {repeat + 1}: {seconds:.2f} s ({cpu:.2f} CPU s), outcomes {'identical' if same else 'DIFFER'}, "
                   f"imported {', '.join(heavy) or 'none of ' + '/'.join(HEAVY)}")
             if not same:
                 print(output[-3000:])
             ok = ok and same and not heavy
-    print(f"| run | wall s |\n|---|---|\n| cold | {cold_s:.2f} |")
-    print(f"| warm (median of {len(warm_times)}) | {statistics.median(warm_times):.2f} |")
-    print(f"| warm (min, max) | {min(warm_times):.2f}, {max(warm_times):.2f} |")
+    print(f"| run | wall s | CPU s |\n|---|---|---|\n| cold | {cold_s:.2f} | {cold_cpu:.2f} |")
+    print(f"| warm (median of {len(warm_times)}) | {statistics.median(warm_times):.2f} | {statistics.median(warm_cpu):.2f} |")
+    print(f"| warm (min, max) | {min(warm_times):.2f}, {max(warm_times):.2f} | {min(warm_cpu):.2f}, {max(warm_cpu):.2f} |")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} (1 min) on {os.cpu_count()} CPUs")
     print(f"warm_hypotheses_s={statistics.median(warm_times):.2f}")
     return 0 if ok else 1
