@@ -41,22 +41,16 @@ prompts per pass. Sliding windows (``window > 1``) are not supported.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from .claims import ClaimError
+from .attribution_results import AttributionComparison, compare, verified_comparison
 from .components import SITE_OF_KIND, SITE_ORDER
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput
-from .errors import SettingsError
-from .metrics import AnswerReader, Metric, RunStats, UserMetric, check_clean_run, resolve_metric
-from .models import PatchableModel
-from .pairs import TokenizedPairs
 from .engine import (
     Progress,
     SharedPrefix,
@@ -73,7 +67,18 @@ from .engine import (
     sweep_inputs,
     sweep_result,
 )
+from .errors import SettingsError
 from .exact import exact_patch
+from .metrics import (
+    AnswerReader,
+    Metric,
+    RunStats,
+    UserMetric,
+    check_clean_run,
+    resolve_metric,
+)
+from .models import PatchableModel
+from .pairs import TokenizedPairs
 from .results import PatchResult
 
 METHOD = "attribution"
@@ -317,70 +322,13 @@ def _grad_drop(
 
 
 # ---- checking estimates against the exact sweep ---------------------------------------------------------
-@dataclass(frozen=True)
-class AttributionComparison:
-    """How well AtP estimates (mean effects under ``metric``) track exact patching over ``labels``."""
-
-    metric: str
-    labels: list[str]
-    estimate: np.ndarray  # mean effects, one per label
-    exact: np.ndarray
-    pearson: float
-    spearman: float
-    worst: list[tuple[str, float, float]] = field(default_factory=list)  # (label, estimate, exact), largest |error|
-    verified: PatchResult | None = None  # from verify_top: the estimate with these components measured exactly
-
-    @property
-    def max_abs_error(self) -> float:
-        return float(np.abs(self.estimate - self.exact).max()) if len(self.labels) else 0.0
-
-    def assert_within(self, tolerance: float) -> None:
-        """Fail (``ClaimError``) when an estimate misses its exact effect by more than ``tolerance``, in units
-        of the metric's mean effect (fractions of the clean-corrupted gap for the logit difference)."""
-        if self.max_abs_error <= tolerance:
-            return
-        missed = {label: (e, x) for label, e, x in self.worst if not abs(e - x) <= tolerance}
-        raise ClaimError(
-            f"Attribution estimates miss exact patching by up to {self.max_abs_error:.4g} (> tolerance "
-            f"{tolerance:g}) for {', '.join(missed)}:\n{self}\nThe first-order estimate is unreliable for these "
-            "components: use method='exact' for this claim, or allow a larger tolerance.",
-            claim="verified", labels=list(missed), threshold=tolerance, details={"estimate_exact": missed},
-        )
-
-    def __str__(self) -> str:
-        lines = [
-            (
-                f"AtP vs exact patching ({self.metric}, {len(self.labels)} components): "
-                f"Pearson r={self.pearson:.3f}, Spearman rho={self.spearman:.3f}, max |error|={self.max_abs_error:.4g}"
-            ),
-            f"  {'component':<12} {'estimate':>10} {'exact':>10} {'error':>10}",
-        ]
-        lines += [f"  {label:<12} {e:>10.4f} {x:>10.4f} {e - x:>+10.4f}" for label, e, x in self.worst]
-        return "\n".join(lines)
-
-
-def _correlations(estimate: np.ndarray, exact: np.ndarray) -> tuple[float, float]:
-    from scipy import stats
-
-    if len(estimate) < 2 or np.ptp(estimate) == 0 or np.ptp(exact) == 0:
-        return float("nan"), float("nan")
-    return float(stats.pearsonr(estimate, exact)[0]), float(stats.spearmanr(estimate, exact)[0])
-
-
-def _compare(metric: str, labels: list[str], estimate: np.ndarray, exact: np.ndarray, k: int) -> AttributionComparison:
-    pearson, spearman = _correlations(estimate, exact)
-    order = np.argsort(-np.abs(estimate - exact), kind="stable")[:k]
-    worst = [(labels[i], float(estimate[i]), float(exact[i])) for i in order]
-    return AttributionComparison(metric, labels, estimate, exact, pearson, spearman, worst)
-
-
 def compare_with_exact(estimate: PatchResult, exact: PatchResult, k: int = 10) -> AttributionComparison:
     """Pearson and Spearman correlation of mean effects over all components (under ``estimate.metric``), and
     the ``k`` components with the largest |estimate - exact|."""
     if estimate.grid != exact.grid:
         raise SettingsError(f"The two results patch different components: {estimate.grid} vs {exact.grid}.")
     exact = exact.with_metric(estimate.metric)
-    return _compare(estimate.metric, estimate.labels, estimate.mean.reshape(-1), exact.mean.reshape(-1), k)
+    return compare(estimate.metric, estimate.labels, estimate.mean.reshape(-1), exact.mean.reshape(-1), k)
 
 
 def verify_top(
@@ -422,8 +370,7 @@ def verify_top(
         ld_corrupted=estimate.ld_corrupted, grid=estimate.grid, settings=dict(estimate.settings, verified=labels),
         gaps=estimate.gaps,
     )
-    comparison = _compare(metric, labels, est[top], verified.mean.reshape(-1)[top], k)
-    return dataclasses.replace(comparison, verified=verified)
+    return verified_comparison(estimate, verified, k)
 
 
 __all__: Sequence[str] = ("AttributionComparison", "attribution_patch", "compare_with_exact", "verify_top")

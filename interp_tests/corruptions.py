@@ -10,16 +10,18 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-
-import nnsight
-import torch
+from typing import TYPE_CHECKING
 
 from .choices import CORRUPTIONS
 from .errors import RemoteUnsupportedError, SettingsError, did_you_mean
-from .models import PatchableModel
 from .pairs import TokenizedPairs
 
-EmbeddingCorruption = Callable[[torch.Tensor, TokenizedPairs], torch.Tensor]
+if TYPE_CHECKING:  # torch loads when a corruption is applied, not when its names are read (a cached result's)
+    import torch
+
+    from .models import PatchableModel
+
+EmbeddingCorruption = Callable[["torch.Tensor", TokenizedPairs], "torch.Tensor"]
 Corruption = str | EmbeddingCorruption
 DEFAULT_NOISE_SCALE = 3.0
 
@@ -34,6 +36,9 @@ class RunInput:
 
 def token_embeddings(model: PatchableModel, ids: torch.Tensor) -> torch.Tensor:
     """The token embeddings of ``ids``, read in a trace that stops after the embedding (where the weights are)."""
+    import nnsight
+    import torch
+
     with torch.no_grad(), model.trace({"input_ids": ids.to(model.device)}) as tracer:
         embeddings = nnsight.save(model.envoy(model.adapter.embed).output)
         tracer.stop()
@@ -42,6 +47,8 @@ def token_embeddings(model: PatchableModel, ids: torch.Tensor) -> torch.Tensor:
 
 def _prompt_noise(seed: int, tokens: torch.Tensor, d_model: int) -> torch.Tensor:
     """Noise for one prompt, seeded by the seed and the prompt's own tokens, not its place in a batch."""
+    import torch
+
     digest = hashlib.sha256(str(seed).encode() + tokens.numpy().tobytes()).digest()
     generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
     return torch.randn(len(tokens), d_model, generator=generator)
@@ -55,6 +62,8 @@ def gaussian_noise(
     The std is taken over every embedding entry of the real (unpadded) tokens of the clean prompts,
     as Meng et al. (2022) and Zhang & Nanda (2024) do.
     """
+    import torch
+
     positions = tokens.require_corrupt_positions()
     embeddings = token_embeddings(model, tokens.clean_ids)
     real = tokens.attention_mask.bool().to(embeddings.device)
@@ -98,6 +107,8 @@ def corrupted_input(
     noise_scale: float = DEFAULT_NOISE_SCALE,
 ) -> RunInput:
     """The corrupted run's input (where the model's weights are: GN scales its noise by the embeddings)."""
+    import torch
+
     check_corruption(model, tokens, corruption, noise_scale)
     if callable(corruption):
         clean = token_embeddings(model, tokens.clean_ids)

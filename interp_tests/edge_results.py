@@ -1,18 +1,45 @@
-"""Edge scores and faithfulness curves as plain data, with their claims (edge_claims)."""
+"""Edge scores, faithfulness curves and exact checks of estimated edges as plain data, with their claims
+(edge_claims), and their bytes for the plugin's result cache (``to_bytes`` / ``from_bytes``: JSON and ``.npz``)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import io
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .claims import ClaimError
 from .edge_claims import CurveClaims, EdgeScoreClaims, TopCircuit
-from .errors import ComponentError, SettingsError, did_you_mean
+from .errors import ComponentError, ResultFileError, SettingsError, did_you_mean
 from .files import atomic_write
 
 RANKINGS = ("abs", "signed")
+FORMAT_VERSION = 1
+
+
+def _to_bytes(kind: str, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    header = {"format_version": FORMAT_VERSION, "kind": kind, **meta}
+    np.savez(buffer, meta=np.array(json.dumps(header)), **arrays)
+    return buffer.getvalue()
+
+
+def _from_bytes(kind: str, data: bytes, names: Sequence[str], source: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            meta = json.loads(str(archive["meta"]))
+            arrays = {name: archive[name] for name in names}
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as error:
+        raise ResultFileError(f"{source} is not a readable {kind} file ({error}). Recompute it.") from None
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("kind") != kind:
+        raise ResultFileError(
+            f"{source} holds {meta.get('kind')!r} format {meta.get('format_version')}, expected {kind!r} format "
+            f"{FORMAT_VERSION}. Recompute it."
+        )
+    return meta, arrays
 
 
 class EdgeScores(EdgeScoreClaims):
@@ -86,6 +113,16 @@ class EdgeScores(EdgeScoreClaims):
     def __repr__(self) -> str:
         return f"EdgeScores({self.method}, {len(self.labels)} edges, {self.n_prompts} prompts)"
 
+    def to_bytes(self) -> bytes:
+        meta = {"labels": self.labels, "method": self.method, "metric": self.metric, "settings": self.settings}
+        return _to_bytes("EdgeScores", meta, {"raw": self.raw, "m_clean": self.m_clean, "m_corrupted": self.m_corrupted})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> EdgeScores:
+        meta, a = _from_bytes("EdgeScores", data, ("raw", "m_clean", "m_corrupted"), source)
+        return cls(meta["labels"], a["raw"], a["m_clean"], a["m_corrupted"], method=meta["method"],
+                   metric=meta["metric"], settings=meta["settings"])
+
 
 def edges_at(fraction: float, n_edges: int) -> int:
     """How many edges the top ``fraction`` holds: rounded, at least one."""
@@ -109,6 +146,15 @@ class FaithfulnessCurve(CurveClaims):
         x = np.asarray(self.fractions)
         self.cpr = float(np.trapezoid(self.signed, x))
         self.cmd = float(np.trapezoid(np.abs(1 - self.abs), x))
+
+    def to_bytes(self) -> bytes:
+        meta = {"fractions": self.fractions, "sizes": self.sizes, "settings": self.settings}
+        return _to_bytes("FaithfulnessCurve", meta, {"signed": self.signed, "abs": self.abs})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> FaithfulnessCurve:
+        meta, a = _from_bytes("FaithfulnessCurve", data, ("signed", "abs"), source)
+        return cls(meta["fractions"], meta["sizes"], a["signed"], a["abs"], meta["settings"])
 
     def at(self, fraction: float, ranking: str = "signed") -> float:
         if ranking not in RANKINGS:
@@ -148,3 +194,36 @@ class FaithfulnessCurve(CurveClaims):
         ax.set_ylabel("faithfulness")
         ax.legend(fontsize=8)
         return figure
+
+
+class EdgeVerification:
+    """Estimated against exact scores of the top-``k`` edges of an estimate."""
+
+    def __init__(self, labels: list[str], estimate: np.ndarray, exact: np.ndarray) -> None:
+        self.labels, self.estimate, self.exact = labels, estimate, exact
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(np.abs(self.estimate - self.exact).max())
+
+    def assert_within(self, tolerance: float) -> None:
+        """ClaimError when an estimate misses its exact score by more than ``tolerance`` (shares of the gap)."""
+        __tracebackhide__ = True
+        if self.max_abs_error <= tolerance:
+            return
+        missed = [label for label, e, x in zip(self.labels, self.estimate, self.exact) if abs(e - x) > tolerance]
+        raise ClaimError(f"Edge estimates miss exact patching by up to {self.max_abs_error:.4g} (> {tolerance:g}) "
+                         f"for {missed}:\n{self}", claim="verified", labels=missed, threshold=tolerance)
+
+    def __str__(self) -> str:
+        lines = [f"  {'edge':<22} {'estimate':>9} {'exact':>9}"]
+        lines += [f"  {label:<22} {e:>+9.4f} {x:>+9.4f}" for label, e, x in zip(self.labels, self.estimate, self.exact)]
+        return "\n".join(lines)
+
+    def to_bytes(self) -> bytes:
+        return _to_bytes("EdgeVerification", {"labels": self.labels}, {"estimate": self.estimate, "exact": self.exact})
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "bytes") -> EdgeVerification:
+        meta, a = _from_bytes("EdgeVerification", data, ("estimate", "exact"), source)
+        return cls(meta["labels"], a["estimate"], a["exact"])

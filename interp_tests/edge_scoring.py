@@ -27,9 +27,8 @@ import torch
 from .choices import EDGE_METHODS
 from .circuit_patching import CircuitRuns
 from .circuits import Circuit
-from .claims import ClaimError
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input, corruption_name
-from .edge_results import EdgeScores, FaithfulnessCurve, edges_at
+from .edge_results import EdgeScores, EdgeVerification, FaithfulnessCurve, edges_at
 from .edges import EdgeGraph, input_weights, norm, output_weights
 from .engine import Pairs, check_choice, eval_mode, final_logits, pass_inputs, rows_per_pass, run, shared_prefix, tokenize
 from .errors import SettingsError
@@ -138,7 +137,7 @@ def edge_attribution(
             clean_logits, clean_cache = run(model, tokens, clean_input, everyone, cache_sites=sites, prefix=prefix)
             corrupt_logits, corrupt_cache = run(model, tokens, corrupt_input, everyone, cache_sites=sites, prefix=prefix)
             reader.set_clean(clean_logits)
-            check_clean_run(reader.clean_summary(clean_logits), model.tokenizer)
+            clean_run = check_clean_run(reader.clean_summary(clean_logits), model.tokenizer)
             index = torch.arange(tokens.n)
             m_clean = _m(reader.stats(clean_logits, index), metric)
             m_corrupt = _m(reader.stats(corrupt_logits, index), metric)
@@ -160,7 +159,7 @@ def edge_attribution(
                 raw[rows] = torch.einsum("bspd,brpd->bsr", change[rows].cpu(), grad / steps)
     labels = graph.edges
     allowed = graph.allowed.nonzero()
-    settings = _settings(model, tokens, method, metric, corruption, seed, steps=steps)
+    settings = _settings(model, tokens, method, metric, corruption, seed, steps=steps, clean_run=clean_run.as_settings())
     return EdgeScores(labels, raw[:, allowed[:, 0], allowed[:, 1]].numpy(), m_clean.numpy(), m_corrupt.numpy(),
                       method=method, metric=metric, settings=settings)
 
@@ -219,31 +218,6 @@ def exact_edge_scores(
     raw = np.stack([p - runs.clean for p in patched], axis=1)
     return EdgeScores(labels, raw, runs.clean, runs.corrupted, method="exact", metric=runs.metric,
                       settings=_settings(model, runs.tokens, "exact", runs.metric, corruption, seed, runs=runs.runs))
-
-
-class EdgeVerification:
-    """Estimated against exact scores of the top-``k`` edges of an estimate."""
-
-    def __init__(self, labels: list[str], estimate: np.ndarray, exact: np.ndarray) -> None:
-        self.labels, self.estimate, self.exact = labels, estimate, exact
-
-    @property
-    def max_abs_error(self) -> float:
-        return float(np.abs(self.estimate - self.exact).max())
-
-    def assert_within(self, tolerance: float) -> None:
-        """ClaimError when an estimate misses its exact score by more than ``tolerance`` (shares of the gap)."""
-        __tracebackhide__ = True
-        if self.max_abs_error <= tolerance:
-            return
-        missed = [label for label, e, x in zip(self.labels, self.estimate, self.exact) if abs(e - x) > tolerance]
-        raise ClaimError(f"Edge estimates miss exact patching by up to {self.max_abs_error:.4g} (> {tolerance:g}) "
-                         f"for {missed}:\n{self}", claim="verified", labels=missed, threshold=tolerance)
-
-    def __str__(self) -> str:
-        lines = [f"  {'edge':<22} {'estimate':>9} {'exact':>9}"]
-        lines += [f"  {label:<22} {e:>+9.4f} {x:>+9.4f}" for label, e, x in zip(self.labels, self.estimate, self.exact)]
-        return "\n".join(lines)
 
 
 def verify_top_edges(model: PatchableModel, pairs: Pairs, scores: EdgeScores, k: int = 10, by: str = "abs",

@@ -22,14 +22,29 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import nnsight
+import numpy as np
 import torch
 
 from . import __version__
 from .choices import DIRECTIONS
 from .components import SITE_ORDER, ComponentGrid, Site, make_grid
-from .corruptions import Corruption, RunInput, check_corruption, corrupted_input, corruption_name
+from .corruptions import (
+    Corruption,
+    RunInput,
+    check_corruption,
+    corrupted_input,
+    corruption_name,
+)
 from .errors import DeviceMemoryError, PromptError, SettingsError, did_you_mean
-from .metrics import CleanRun, Metric, RunStats, UserMetric, check_metric, normalised_metrics, raw_effects
+from .metrics import (
+    CleanRun,
+    Metric,
+    RunStats,
+    UserMetric,
+    check_metric,
+    normalised_metrics,
+    raw_effects,
+)
 from .models import PatchableModel
 from .pairs import PromptPairs, TokenizedPairs
 from .remote import log_progress, register_metric_module, register_package
@@ -549,3 +564,38 @@ def halve_after_out_of_memory(model: PatchableModel, tokens: TokenizedPairs, row
             "dtype=torch.bfloat16 and pass it to load_model), or run on device='cpu'."
         )
     return rows // 2
+
+
+def residual_norms(
+    model: PatchableModel, tokens: TokenizedPairs, corruption: Corruption, *, seed: int, noise_scale: float,
+    batch_size: int, progress: Callable[[int, int], None] | None,
+) -> dict[str, np.ndarray]:
+    """Where the model runs (``engine.on_model``): per layer, the mean and sd of the clean run's residual norms over
+    real tokens, and the means of the corrupted and clean runs' norms at the corrupted tokens."""
+    marked = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
+    for i, rows in enumerate(tokens.require_corrupt_positions()):
+        marked[i, rows] = True
+    real = tokens.attention_mask.bool()
+    clean_input = RunInput(tokens.clean_ids, None)
+    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
+    layers = range(model.n_layers)
+    clean_all: list[list[torch.Tensor]] = [[] for _ in layers]
+    clean_marked: list[list[torch.Tensor]] = [[] for _ in layers]
+    corrupted_marked: list[list[torch.Tensor]] = [[] for _ in layers]
+    with torch.no_grad(), eval_mode(model):
+        for start in range(0, tokens.n, batch_size):
+            prompts = list(range(start, min(tokens.n, start + batch_size)))
+            _, clean = run(model, tokens, clean_input, prompts, cache_sites=("resid",))
+            _, corrupted = run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
+            for layer in layers:
+                clean_norm = clean[(layer, "resid")].float().norm(dim=-1).cpu()
+                corrupted_norm = corrupted[(layer, "resid")].float().norm(dim=-1).cpu()
+                clean_all[layer].append(clean_norm[real[prompts]])
+                clean_marked[layer].append(clean_norm[marked[prompts]])
+                corrupted_marked[layer].append(corrupted_norm[marked[prompts]])
+
+    def per_layer(parts: list[list[torch.Tensor]], reduce: Callable[[np.ndarray], float]) -> np.ndarray:
+        return np.array([reduce(torch.cat(chunks).double().numpy()) for chunks in parts])
+
+    return {"clean_mean": per_layer(clean_all, np.mean), "clean_sd": per_layer(clean_all, np.std),
+            "corrupted_mean": per_layer(corrupted_marked, np.mean), "clean_marked_mean": per_layer(clean_marked, np.mean)}

@@ -37,21 +37,23 @@ import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .choices import BUILTIN_METRICS
 from .errors import InterpWarning, MetricError, SettingsError, did_you_mean
 from .pairs import TokenizedPairs, token_pieces
 
+if TYPE_CHECKING:
+    import torch
+
 # Built-in metrics whose effect is normalised by the clean-corrupted gap of the same metric.
 NORMALISED = ("logit_diff", "logprob")
-MetricFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+MetricFn = Callable[["torch.Tensor", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
 # Below this gap (in logits) between clean and corrupted logit differences, normalising divides by ~0.
 MIN_LOGIT_DIFF_GAP = 1e-3
 # Largest |half-precision - float32| raw logit-difference effect, in standard deviations of the clean logits.
-HALF_PRECISION_TOLERANCE = {torch.float16: 0.005, torch.bfloat16: 0.02}
+# Keyed by dtype name (str(dtype) without "torch."), so that reading a cached result needs no torch.
+HALF_PRECISION_TOLERANCE = {"float16": 0.005, "bfloat16": 0.02}
 # A model is "at chance" when its clean accuracy closes at most this share of the gap from chance to 1.
 CHANCE_MARGIN = 0.2
 # A model "never predicts" the answers when no prompt has an answer token among its TOP_K most likely next
@@ -170,6 +172,8 @@ class AnswerReader:
     """Turns final-position logits into RunStats for the rows of a (possibly repeated) batch."""
 
     def __init__(self, tokens: TokenizedPairs, vocab_size: int, custom: Sequence[UserMetric] = ()) -> None:
+        import torch
+
         n = tokens.n
         self.custom = tuple(custom)
         self.good = torch.zeros(n, vocab_size)
@@ -180,10 +184,14 @@ class AnswerReader:
         self.clean_logprobs: torch.Tensor | None = None
 
     def set_clean(self, clean_logits: torch.Tensor) -> None:
+        import torch
+
         self.clean_logprobs = torch.log_softmax(clean_logits.float().cpu(), dim=-1)
 
     def stats(self, logits: torch.Tensor, prompts: torch.Tensor) -> RunStats:
         """``logits`` [rows, vocab] at each row's last token; ``prompts`` [rows] says which prompt a row ran."""
+        import torch
+
         logits = logits.float().cpu()
         if not torch.isfinite(logits).all():
             raise MetricError(
@@ -213,6 +221,8 @@ class AnswerReader:
         answer token. Chance is the mean share of answer tokens among the candidates (0.5 for one answer
         and one wrong token): what a model without any preference scores.
         """
+        import torch
+
         logits = clean_logits.float().cpu()
         candidates = (self.good + self.bad) > 0
         top = logits.masked_fill(~candidates, float("-inf")).argmax(dim=-1)
@@ -322,6 +332,8 @@ def warn_if_at_chance(accuracy: float, chance: float, *, stacklevel: int = 2) ->
 
 
 def _user_values(metric: UserMetric, logits: torch.Tensor, answer: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
+    import torch
+
     values = metric.fn(logits, answer, wrong)
     if not isinstance(values, torch.Tensor) or values.shape != (logits.shape[0],):
         shape = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__

@@ -6,6 +6,7 @@ import hashlib
 import inspect
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,14 @@ import torch
 
 from .adapters import Adapter, Shape, adapter_for, shape_of
 from .errors import ModelLoadError, RemoteUnsupportedError, WeightsUnavailableError
+from .identities import (
+    WEIGHTS_PREFIX,
+    files_fingerprint,
+    hub_offline,
+    model_files,
+    organism_dir,
+    weights_unavailable,
+)
 from .remote import BackendFactory, configure, ndif_backend
 from .specs import ORGANISM, looks_like_path
 
@@ -21,12 +30,16 @@ class PatchableModel:
     """A Hugging Face causal LM under nnsight, plus where its heads, MLPs and residual stream live.
 
     ``nn`` is the nnsight ``TransformersModel`` that interventions trace through; ``hf`` is the
-    underlying ``transformers`` module and ``tokenizer`` its tokenizer. A remote model (``remote`` set: where its
-    requests go, see ``interp_tests.remote``) is built on the meta device from its configuration: its weights are
-    on the server, and every trace runs there (``engine.on_model``).
+    underlying ``transformers`` module and ``tokenizer`` its tokenizer. ``files`` are the files it was loaded
+    from, tokenizer included, when it was (``identities.model_files``): they identify it in cache keys. A remote
+    model (``remote`` set: where its requests go, see ``interp_tests.remote``) is built on the meta device from
+    its configuration: its weights are on the server, and every trace runs there (``engine.on_model``).
     """
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, remote: BackendFactory | None = None) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, *, name: str, remote: BackendFactory | None = None,
+        files: Sequence[Path] | None = None,
+    ) -> None:
         """``model`` is a ``transformers`` module, or (for a remote model) the nnsight model built without weights."""
         from nnsight.modeling.transformers import TransformersModel
 
@@ -36,6 +49,7 @@ class PatchableModel:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
         self.name = name
         self.remote = remote
+        self.files = None if files is None else list(files)
         config = model.config if isinstance(model, torch.nn.Module) else model._module.config
         self.adapter: Adapter = adapter_for(config)  # first: an unsupported model is refused before nnsight wraps it
         self.shape: Shape = shape_of(self.adapter.language_config(config))
@@ -116,17 +130,22 @@ class PatchableModel:
         return self.hf.get_submodule(path)
 
     def fingerprint(self) -> str:
-        """A hash of the architecture and every weight: a changed model never reuses a cached result. A remote
-        model's weights are not here: it is identified by its repo id and revision instead (``remote:`` prefix)."""
+        """What identifies the model in cache keys, so a changed model never reuses a cached result. A remote
+        model's weights are not here: it is identified by its repo id and revision (``remote:`` prefix); a local
+        one by the hash of the files it was loaded from (``files:...``, computable before loading it), else of its
+        architecture and every weight (``weights:...``)."""
         if self.remote is not None:
             return f"remote:{self.nn.repo_id}@{self.nn.revision or 'default-branch'}"
         if self._fingerprint is None:
-            digest = hashlib.blake2b(digest_size=16)
-            digest.update(f"{self.hf.config.model_type}:{type(self.hf).__name__}".encode())
-            for name, tensor in sorted(self.hf.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-            self._fingerprint = digest.hexdigest()
+            if self.files:
+                self._fingerprint = files_fingerprint(self.files)
+            else:
+                digest = hashlib.blake2b(digest_size=16)
+                digest.update(f"{self.hf.config.model_type}:{type(self.hf).__name__}".encode())
+                for name, tensor in sorted(self.hf.state_dict().items()):
+                    digest.update(name.encode())
+                    digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+                self._fingerprint = WEIGHTS_PREFIX + digest.hexdigest()
         return self._fingerprint
 
 
@@ -137,10 +156,6 @@ def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ModelLoadError("device='cuda' was asked for but torch sees no CUDA device. Use device='cpu' or 'auto'.")
     return device
-
-
-def organism_dir() -> Path:
-    return Path(__file__).resolve().parent / "organism" / "model"
 
 
 def _corrupt_file_errors() -> tuple[type[BaseException], ...]:
@@ -157,7 +172,7 @@ def _load_pretrained(source: str, local: bool, tokenizer: Any = None) -> tuple[t
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # a sweep's own output should not drown in load bars
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline and not local)
@@ -181,12 +196,7 @@ def _load_pretrained(source: str, local: bool, tokenizer: Any = None) -> tuple[t
                 "It needs config.json, the weights (model.safetensors or pytorch_model.bin) and tokenizer "
                 "files, as written by model.save_pretrained(dir) and tokenizer.save_pretrained(dir)."
             ) from None
-        raise WeightsUnavailableError(
-            f"The weights of {source!r} are not available on this machine"
-            f"{' (HF_HUB_OFFLINE is set)' if offline else ' and the Hugging Face hub could not be reached'}.\n"
-            f"Download them where the hub is reachable (`huggingface-cli download {source}`) and copy the "
-            "cache (HF_HOME) here, or save the model with save_pretrained(dir) and pass load_model(dir)."
-        ) from None
+        raise weights_unavailable(source) from None
     return model, tokenizer
 
 
@@ -244,7 +254,8 @@ def load_model(
         if looks_like_path(name):
             raise ModelLoadError(f"No model at {path}: the path does not exist.")
         model, tok = _load_pretrained(name, local=False, tokenizer=tokenizer)
-    return PatchableModel(model.to(target), tokenizer or tok, name=name)
+    files = None if tokenizer is not None else model_files(name)  # a tokenizer given here is not among the files
+    return PatchableModel(model.to(target), tokenizer or tok, name=name, files=files)
 
 
 def _load_remote(spec: Any, *, tokenizer: Any, revision: str | None, backend: BackendFactory) -> PatchableModel:
@@ -259,7 +270,7 @@ def _load_remote(spec: Any, *, tokenizer: Any, revision: str | None, backend: Ba
             f"'meta-llama/Llama-3.1-70B'); {spec!r} is not one. Load local models and directories without remote=True."
         )
     configure()
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub_offline()
     if offline:
         huggingface._ID_CACHE.setdefault(spec, spec)  # the key names the repo as given; the hub is not asked
     try:

@@ -315,6 +315,12 @@ class PromptPairs:
         """Tokenize and check every pair for ``tokenizer``; raise ``PromptError`` naming the pair at fault."""
         return _tokenize(self, tokenizer)
 
+    def fingerprint(self) -> str:
+        """A hash of the pairs' text, answers, positions and spans: what identifies them before any tokenizer
+        (and torch) loads, for cache keys of models whose tokenizer is identified by its files."""
+        text = json.dumps(self.to_records(), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
 
 @dataclass(frozen=True)
 class TokenizedPairs:

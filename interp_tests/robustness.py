@@ -18,26 +18,33 @@ import textwrap
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 
-from . import display, engine, patching
-from .claims import GridClaims
+from . import display
 from .choices import BUILTIN_METRICS, CORRUPTIONS, METRICS
-from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, check_corruption, corrupted_input, corruption_name
-from .engine import eval_mode, run
+from .claims import GridClaims
+from .corruptions import (
+    DEFAULT_NOISE_SCALE,
+    Corruption,
+    check_corruption,
+    corruption_name,
+)
 from .errors import MetricError, SettingsError
 from .files import atomic_write
 from .metrics import Metric, check_metric
-from .models import PatchableModel
-from .pairs import PromptPairs, TokenizedPairs
+from .pairs import PromptPairs
 from .reports import COLOUR_MAP, png_bytes, require_matplotlib
 from .results import PatchResult
 from .signs import check_sign
 from .specs import TaskSpec
 from .stats import detected_in_at_least
+
+if TYPE_CHECKING:  # a grid of cached sweeps is read and claimed on without torch; running one loads it
+
+    from . import engine
+    from .models import PatchableModel
 
 PairsFactory = Callable[[str | None], PromptPairs]  # corrupt_tokens choice -> pairs
 PairsSource = PromptPairs | Mapping[str, Any] | PairsFactory
@@ -130,8 +137,10 @@ def grid(
     setting whose metric cannot be computed honestly (a ``MetricError``, e.g. a logit-difference denominator
     of ~0) is recorded in ``Grid.invalid`` with the reason. ``patch_kwargs`` go to ``patch`` (positions,
     window, direction, seed, noise_scale, batch_size, progress, method, grad_drop). ``sweep`` replaces
-    ``patching.patch`` with a function of the same signature, e.g. one that serves sweeps from a cache.
+    ``patching.patch`` with a function of the same signature, e.g. one that serves sweeps from a cache; it
+    gets each choice's pairs as the source gives them (the default tokenizes them once per choice).
     """
+
     clash = {"corruption", "metric"} & set(patch_kwargs)
     if clash:
         raise SettingsError(f"grid() varies {sorted(clash)} itself: use corruptions=[...] and metrics=[...].")
@@ -142,18 +151,24 @@ def grid(
         corrupt_tokens = [corrupt_tokens]
     choices = [None] if corrupt_tokens is None else _unique("corrupt_tokens", corrupt_tokens, str)
     make_pairs = _pairs_source(model, pairs_or_task, corrupt_tokens)
-    sweep = sweep or patching.patch
+    if sweep is None:
+        from . import engine, patching
+
+        run = patching.patch
+    else:
+        run = sweep
     settings: list[Setting] = []
     results: dict[Setting, PatchResult] = {}
     invalid: dict[Setting, str] = {}
     for choice in choices:
-        tokens = engine.tokenize(model, make_pairs(choice))
+        pairs = make_pairs(choice)
+        tokens = engine.tokenize(model, pairs) if sweep is None else pairs
         for corruption in corruptions:
             keys = [Setting(corruption_name(corruption), choice, metric) for metric in metrics]
             settings += keys
             for asked, group in _sweep_groups(keys, patch_kwargs.get("method", "exact") == "exact"):
                 try:
-                    result = sweep(model, tokens, component, corruption, by_name.get(asked, asked), **patch_kwargs)
+                    result = run(model, tokens, component, corruption, by_name.get(asked, asked), **patch_kwargs)
                 except MetricError as error:
                     invalid.update((key, str(error)) for key in group)
                     continue
@@ -357,7 +372,9 @@ class Grid(GridClaims):
         they do not share one with each other. Without matplotlib, raises ``PlotsUnavailableError``.
         """
         require_matplotlib()
-        from matplotlib.figure import Figure  # the object API: no pyplot, no global backend change
+        from matplotlib.figure import (
+            Figure,  # the object API: no pyplot, no global backend change
+        )
 
         sd = self._sd(sd)
         rows = list(dict.fromkeys((s.corruption, s.corrupt_tokens) for s in self.settings))
@@ -476,11 +493,13 @@ def off_distribution(
     A heuristic for the paper's concern that Gaussian noise puts the model off distribution; with
     ``corruption="str"`` the same numbers show whether token replacement stays in distribution.
     """
+    from . import engine
+
     tokens = engine.tokenize(model, pairs)
     tokens.require_corrupt_positions()
     check_corruption(model, tokens, corruption, noise_scale)
     norms = engine.on_model(
-        model, residual_norms, tokens, corruption, seed=seed, noise_scale=noise_scale, batch_size=batch_size
+        model, engine.residual_norms, tokens, corruption, seed=seed, noise_scale=noise_scale, batch_size=batch_size
     )
     clean_mean, clean_sd, corrupted_mean = norms["clean_mean"], norms["clean_sd"], norms["corrupted_mean"]
     z = np.divide(corrupted_mean - clean_mean, clean_sd, out=np.zeros_like(clean_mean), where=clean_sd > 0)
@@ -494,41 +513,6 @@ def off_distribution(
         ratio=corrupted_mean / norms["clean_marked_mean"],
         z=z,
     )
-
-
-def residual_norms(
-    model: PatchableModel, tokens: TokenizedPairs, corruption: Corruption, *, seed: int, noise_scale: float,
-    batch_size: int, progress: Callable[[int, int], None] | None,
-) -> dict[str, np.ndarray]:
-    """Where the model runs (``engine.on_model``): per layer, the mean and sd of the clean run's residual norms over
-    real tokens, and the means of the corrupted and clean runs' norms at the corrupted tokens."""
-    marked = torch.zeros_like(tokens.attention_mask, dtype=torch.bool)
-    for i, rows in enumerate(tokens.require_corrupt_positions()):
-        marked[i, rows] = True
-    real = tokens.attention_mask.bool()
-    clean_input = RunInput(tokens.clean_ids, None)
-    corrupt_input = corrupted_input(model, tokens, corruption, seed=seed, noise_scale=noise_scale)
-    layers = range(model.n_layers)
-    clean_all: list[list[torch.Tensor]] = [[] for _ in layers]
-    clean_marked: list[list[torch.Tensor]] = [[] for _ in layers]
-    corrupted_marked: list[list[torch.Tensor]] = [[] for _ in layers]
-    with torch.no_grad(), eval_mode(model):
-        for start in range(0, tokens.n, batch_size):
-            prompts = list(range(start, min(tokens.n, start + batch_size)))
-            _, clean = run(model, tokens, clean_input, prompts, cache_sites=("resid",))
-            _, corrupted = run(model, tokens, corrupt_input, prompts, cache_sites=("resid",))
-            for layer in layers:
-                clean_norm = clean[(layer, "resid")].float().norm(dim=-1).cpu()
-                corrupted_norm = corrupted[(layer, "resid")].float().norm(dim=-1).cpu()
-                clean_all[layer].append(clean_norm[real[prompts]])
-                clean_marked[layer].append(clean_norm[marked[prompts]])
-                corrupted_marked[layer].append(corrupted_norm[marked[prompts]])
-
-    def per_layer(parts: list[list[torch.Tensor]], reduce: Callable[[np.ndarray], float]) -> np.ndarray:
-        return np.array([reduce(torch.cat(chunks).double().numpy()) for chunks in parts])
-
-    return {"clean_mean": per_layer(clean_all, np.mean), "clean_sd": per_layer(clean_all, np.std),
-            "corrupted_mean": per_layer(corrupted_marked, np.mean), "clean_marked_mean": per_layer(clean_marked, np.mean)}
 
 
 @dataclass(frozen=True, eq=False)

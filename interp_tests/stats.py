@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import scipy.stats
 
 from .errors import ComponentError, MetricError, SettingsError, did_you_mean
 from .metrics import MIN_LOGIT_DIFF_GAP, check_metric
@@ -178,6 +177,8 @@ def holm(pvalues: np.ndarray) -> np.ndarray:
 def _adjust(pvalues: np.ndarray, method: str) -> np.ndarray:
     if method == "holm":
         return holm(pvalues)
+    import scipy.stats  # in the functions that use it: claims on a cached result that need none skip its import
+
     return scipy.stats.false_discovery_control(pvalues, method="bh")
 
 
@@ -260,6 +261,8 @@ def significance(result: PatchResult, *, method: str = "holm", alpha: float = 0.
         raise MetricError(
             f"Significance tests need at least 2 usable prompts; {x.shape[0]} remain after dropping {list(dropped)}."
         )
+    import scipy.stats
+
     zero = np.all(x == 0, axis=0)
     t_stat, t_p = np.zeros(x.shape[1]), np.ones(x.shape[1])
     w_stat, w_p = np.zeros(x.shape[1]), np.ones(x.shape[1])
@@ -330,6 +333,8 @@ def agreement(a: PatchResult, b: PatchResult, *, sd: float = 2.0, sign: str = "p
             f"agreement() compares maps of the same components, but the grids differ: {a.shape} {a.grid.kind} "
             f"vs {b.shape} {b.grid.kind}. Sweep the same component kind and positions."
         )
+    import scipy.stats
+
     x, y = a.mean.reshape(-1), b.mean.reshape(-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", scipy.stats.ConstantInputWarning)

@@ -192,7 +192,7 @@ def test_half_precision_effects_match_float32_within_the_documented_tolerance(dt
     tokens = pairs.tokenize(tokenizer)
     with torch.no_grad():
         logit_std = hf(tokens.clean_ids).logits[torch.arange(tokens.n), tokens.lengths - 1].std().item()
-    tolerance = HALF_PRECISION_TOLERANCE[dtype] * logit_std  # in logits, for raw logit-difference effects
+    tolerance = HALF_PRECISION_TOLERANCE[str(dtype).removeprefix("torch.")] * logit_std  # in logits, for raw logit-difference effects
     for component in ("attn_head", "mlp"):
         a, b = it.patch(full, pairs, component), it.patch(half, pairs, component)
         assert b.settings["model_fingerprint"] != a.settings["model_fingerprint"]

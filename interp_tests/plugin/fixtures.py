@@ -11,7 +11,9 @@ imports torch until a fixture is used, so the plugin costs nothing to suites tha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import warnings
@@ -34,9 +36,9 @@ from ..errors import (
 from ..specs import TaskSpec, resolve_model_spec
 
 if TYPE_CHECKING:
-    from ..attribution import AttributionComparison
     from ..circuit_results import CircuitResult, Completeness, Minimality
     from ..corruptions import Corruption
+    from ..edge_results import EdgeScores, EdgeVerification, FaithfulnessCurve
     from ..models import PatchableModel
     from ..pairs import PromptPairs, TokenizedPairs
     from ..engine import Pairs
@@ -95,6 +97,92 @@ def session_of(config: pytest.Config) -> InterpSession:
         ) from None
 
 
+class LazyModel:
+    """A model named by its spec, loaded when something must run on it. Until then its cache identity comes from
+    its files (``identities``): a cached result of a model loaded from files is found without torch."""
+
+    def __init__(self, session: InterpSession, spec: str, *, remote: bool = False) -> None:
+        from ..identities import model_files
+
+        self.name = spec
+        self.remote = remote
+        # None for a hub id or a remote model: identified by its weights, or its repo id, once loaded
+        self.files = None if remote else model_files(spec)
+        self._session = session
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        """``PatchableModel.fingerprint()`` of the loaded model, from the files alone (only when ``files``)."""
+        from ..identities import files_fingerprint
+
+        if self._fingerprint is None:
+            assert self.files, "only a model loaded from files has an identity before it loads"
+            self._fingerprint = files_fingerprint(self.files, self._session.options.cache_dir / "files")
+        return self._fingerprint
+
+    def device_type(self) -> str | None:
+        """The device type it will load on, when that is known without torch."""
+        from ..identities import certain_device
+
+        return certain_device(self._session.options.device)
+
+    def load(self) -> PatchableModel:
+        return self._session.load(self.name, remote=self.remote)
+
+
+ModelRef = Union[LazyModel, "PatchableModel"]
+PairsRef = Union[TaskSpec, "Pairs"]
+
+
+class Subject:
+    """A claim's model and prompt pairs, loaded and tokenized only when a result must be computed. Until then the
+    cache key comes from the model's files and the pairs' text (``key``), so a cached result costs no torch.
+    ``context(what)`` wraps loading the model ("model") and making the pairs ("pairs"), e.g. to blame a YAML line."""
+
+    def __init__(
+        self, session: InterpSession, model: ModelRef, pairs: PairsRef,
+        context: Callable[[str], contextlib.AbstractContextManager[Any]] | None = None,
+    ) -> None:
+        self._session, self._model, self._pairs = session, model, pairs
+        self._context = context or (lambda what: contextlib.nullcontext())
+        self._tokens: TokenizedPairs | None = None
+        self.name = model.name
+
+    @property
+    def model(self) -> PatchableModel:
+        if isinstance(self._model, LazyModel):
+            with self._context("model"):
+                self._model = self._model.load()
+        return self._model
+
+    @property
+    def tokens(self) -> TokenizedPairs:
+        if self._tokens is None:
+            from .. import engine
+
+            model = self.model
+            with self._context("pairs"):
+                pairs = self._session.pairs(self._pairs, model) if isinstance(self._pairs, TaskSpec) else self._pairs
+                self._tokens = engine.tokenize(model, pairs)
+        return self._tokens
+
+    def key(self) -> dict[str, Any]:
+        """What identifies the model, the pairs and the device in cache keys. For a model loaded from files, its
+        files (tokenizer included) and the pairs' text identify them, known without loading anything (unless only
+        torch can tell the device); otherwise the loaded weights and the token ids do."""
+        from ..pairs import TokenizedPairs
+
+        model = self._model
+        if model.files and not isinstance(self._pairs, TokenizedPairs):
+            device = model.device_type() if isinstance(model, LazyModel) else model.placement
+            with self._context("pairs"):
+                dataset = self._session.text_identity(self._pairs)
+            return {"model_fingerprint": model.fingerprint(), "dataset": dataset,
+                    "device": device or self.model.placement}
+        return {"model_fingerprint": self.model.fingerprint(), "dataset": self.tokens.fingerprint(),
+                "device": self.model.placement}
+
+
 class InterpSession:
     """Models, prompt pairs and sweeps of one pytest process, each made once."""
 
@@ -104,7 +192,6 @@ class InterpSession:
         self._models: dict[str, PatchableModel | InterpError] = {}
         self._pairs: dict[str, PromptPairs] = {}
         self._distributions: dict[str, OffDistribution] = {}
-        self._verifications: dict[tuple[str, int], AttributionComparison] = {}
         self._results: dict[str, Any] = {}  # sweeps, circuit scores, subset searches, path patching, by cache key
 
     def progress(self, what: str) -> Callable[[int, int], None] | None:
@@ -122,9 +209,12 @@ class InterpSession:
 
         return report
 
-    def model(self, spec: str | None, *, base_dir: Path | None = None, remote: bool = False) -> PatchableModel:
-        """The model ``spec`` (``--interp-model`` wins); skips the test when its weights are unavailable. ``remote``
-        (or ``--interp-remote``) runs it on NDIF, named by its repo id (``spec``)."""
+    def model_ref(self, spec: str | None, *, base_dir: Path | None = None, remote: bool = False) -> LazyModel:
+        """The model ``spec`` (``--interp-model`` wins), not loaded yet; skips the test when its weights are
+        certainly unavailable (a hub id offline and not in the local cache), which is known without torch.
+        ``remote`` (or ``--interp-remote``) runs it on NDIF, named by its repo id (``spec``)."""
+        from ..identities import hub_weights_missing, weights_unavailable
+
         spec = self.options.model or spec
         if not spec:
             raise InterpError(
@@ -133,6 +223,18 @@ class InterpSession:
             )
         remote = remote or self.options.remote
         key = str(spec) if remote else resolve_model_spec(str(spec), base_dir)
+        memo = f"remote:{key}" if remote else key
+        if not remote and memo not in self._models and hub_weights_missing(key):
+            self._models[memo] = weights_unavailable(key)
+        self._raise_load_error(memo)
+        return LazyModel(self, key, remote=remote)
+
+    def model(self, spec: str | None, *, base_dir: Path | None = None, remote: bool = False) -> PatchableModel:
+        """The model ``spec`` (``--interp-model`` wins), loaded; skips the test when its weights are unavailable."""
+        return self.model_ref(spec, base_dir=base_dir, remote=remote).load()
+
+    def load(self, key: str, *, remote: bool = False) -> PatchableModel:
+        """The model of the resolved spec ``key`` (on NDIF when ``remote``), loaded once per session."""
         memo = f"remote:{key}" if remote else key
         if memo not in self._models:
             from ..models import load_model
@@ -146,13 +248,16 @@ class InterpSession:
                     self._models[memo] = load_model(key, device=self.options.device)
             except ModelLoadError as error:
                 self._models[memo] = error
-        model = self._models[memo]
+        self._raise_load_error(memo)
+        return self._models[memo]
+
+    def _raise_load_error(self, memo: str) -> None:
+        model = self._models.get(memo)
         if isinstance(model, WeightsUnavailableError):
             # Reported at the test (or YAML claim) that needs the model, like a skip marker, not at this line.
             raise pytest.skip.Exception(str(model), _use_item_location=True)
         if isinstance(model, InterpError):
             raise model
-        return model
 
     def pairs(self, task: TaskSpec, model: PatchableModel | None) -> PromptPairs:
         """The task's prompt pairs, filtered for the model's tokenizer when there is a model."""
@@ -162,10 +267,24 @@ class InterpSession:
             self._pairs[key] = task.pairs(None if model is None else model.tokenizer)
         return self._pairs[key]
 
+    def text_identity(self, pairs: TaskSpec | PromptPairs) -> str:
+        """What identifies prompt pairs for a model identified by its files, before any tokenizer loads: a pairs
+        file or PromptPairs by their text, a generated task by its spec (with the library version in every key,
+        and the tokenizer that filters its vocabulary among the model's files), with the tokenizer libraries'
+        versions."""
+        from importlib.metadata import version
+
+        if isinstance(pairs, TaskSpec):
+            task = pairs.with_overrides(self.options.n_prompts, self.options.seed)
+            parts = ["task", task.key()] if task.file is None else ["pairs", self.pairs(task, None).fingerprint()]
+        else:
+            parts = ["pairs", pairs.fingerprint()]
+        parts += [version("transformers"), version("tokenizers")]
+        return "text:" + hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
     def sweep(
         self,
-        model: PatchableModel,
-        pairs: Pairs,
+        subject: Subject,
         record: ItemRecord,
         *,
         component: str = "attn_head",
@@ -185,13 +304,12 @@ class InterpSession:
         """``patch()`` through the in-session memo and the disk cache; notes in ``record`` where it came from.
 
         An attribution estimate with ``verify_top=k`` has its ``k`` largest components re-measured exactly
-        (``attribution.verify_top``): a miss beyond ``verify_tolerance`` fails the claim (``ClaimError``),
-        otherwise the result carries the exact effects for those components.
+        (``attribution.verify_top``, cached the same way): a miss beyond ``verify_tolerance`` fails the claim
+        (``ClaimError``), otherwise the result carries the exact effects for those components.
         """
-        from .. import __version__, engine, patching
+        from .. import __version__
         from ..corruptions import DEFAULT_NOISE_SCALE, corruption_name
         from ..metrics import BUILTIN_METRICS, resolve_metric
-        from .cache import sweep_key
 
         if verify_top is not None and method != "attribution":
             raise SettingsError(
@@ -201,12 +319,13 @@ class InterpSession:
         if self.options.seed is not None:
             seed = self.options.seed
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
-        tokens = engine.tokenize(model, pairs)
 
         def compute() -> PatchResult:
-            what = f"{method} sweep of {component} ({corruption_name(corruption)}) on {model.name}"
+            from .. import patching
+
+            what = f"{method} sweep of {component} ({corruption_name(corruption)}) on {subject.name}"
             return patching.patch(
-                model, tokens, component, corruption, metric, positions=positions, window=window,
+                subject.model, subject.tokens, component, corruption, metric, positions=positions, window=window,
                 direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size, method=method,
                 grad_drop=grad_drop, progress=self.progress(what),
             )
@@ -215,11 +334,10 @@ class InterpSession:
             record.sweeps.append("computed")
             record.notes.append("a custom corruption function cannot be cached; its sweeps always run")
             return compute()
+        name, custom = resolve_metric(metric)
         settings: dict[str, Any] = {
             "version": __version__,
-            "model_fingerprint": model.fingerprint(),
-            "dataset": tokens.fingerprint(),
-            "device": model.placement,
+            **subject.key(),
             "component": component,
             "corruption": corruption,
             "positions": positions,
@@ -228,7 +346,6 @@ class InterpSession:
             "seed": seed,
             "method": method,
         }
-        name, custom = resolve_metric(metric)
         if method == "attribution":  # an estimate holds one metric
             settings.update(metric=name, grad_drop=grad_drop)
         else:  # an exact sweep holds the built-in metrics and the user metric it was asked for, keyed by name
@@ -237,21 +354,21 @@ class InterpSession:
             settings["noise_scale"] = noise_scale
         swept = self._cached(settings, compute, None, record)
         if corruption == "gn":
-            _warn_off_distribution(self._off_distribution(model, tokens, settings))
+            _warn_off_distribution(self._off_distribution(subject, settings))
         result = swept.with_metric(name)
-        result.settings["model"] = model.name
+        result.settings["model"] = subject.name
         if verify_top is not None:
-            key = sweep_key(settings)
-            result = self._verified(model, tokens, result, key, verify_top, verify_tolerance, batch_size, record)
+            result = self._verified(subject, result, settings, verify_top, verify_tolerance, batch_size, record)
         return result
 
     def _cached(
         self, settings: dict[str, Any], compute: Callable[[], Any], load: Callable[[bytes], Any] | None,
-        record: ItemRecord,
+        record: ItemRecord, *, counted: bool = True,
     ) -> Any:
         """A sweep, circuit score, subset search or path-patching sweep through the in-session memo and the disk
         cache, keyed by ``settings`` (``load`` reads a cache entry; None: a ``PatchResult``); notes in ``record``
-        where it came from, and repeats the clean run's warnings when it did not compute."""
+        where it came from, and repeats the clean run's warnings when it did not compute. A result that is not
+        ``counted`` (an exact re-measurement of another) does neither."""
         from .cache import SweepCache, sweep_key
 
         key = sweep_key(settings)
@@ -271,25 +388,22 @@ class InterpSession:
                 else:
                     status = "cached"
             self._results[key] = cached
-        record.sweeps.append(status)
-        if status != "computed":
-            _replay_clean_run(self._results[key].settings)
+        if counted:
+            record.sweeps.append(status)
+            if status != "computed":
+                _replay_clean_run(self._results[key].settings)
         return self._results[key]
 
-    def _key_settings(self, model: PatchableModel, tokens: TokenizedPairs, kind: str, **settings: Any) -> dict[str, Any]:
+    def _key_settings(self, subject: Subject, kind: str, **settings: Any) -> dict[str, Any]:
         from .. import __version__
 
         if self.options.seed is not None and "seed" in settings:
             settings["seed"] = self.options.seed
-        return {
-            "version": __version__, "kind": kind, "model_fingerprint": model.fingerprint(),
-            "dataset": tokens.fingerprint(), "device": model.placement, **settings,
-        }
+        return {"version": __version__, "kind": kind, **subject.key(), **settings}
 
     def circuit(
         self,
-        model: PatchableModel,
-        pairs: Pairs,
+        subject: Subject,
         record: ItemRecord,
         nodes: Sequence[str],
         *,
@@ -304,38 +418,36 @@ class InterpSession:
         batch_size: int | None = None,
     ) -> CircuitResult:
         """``circuit_patch()`` through the memo and the disk cache."""
-        from .. import engine
-        from ..circuit_patching import circuit_patch
         from ..circuit_results import CircuitResult
         from ..circuits import Circuit
         from ..corruptions import DEFAULT_NOISE_SCALE
         from ..metrics import check_metric
 
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
-        tokens = engine.tokenize(model, pairs)
         circuit = Circuit(nodes, groups=groups)
         settings = self._key_settings(
-            model, tokens, "circuit", circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
+            subject, "circuit", circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
             test=test, ablation=ablation, metric=check_metric(metric), corruption=corruption,
             universe=None if universe is None else Circuit(universe).labels, seed=seed, noise_scale=noise_scale,
         )
 
         def compute() -> CircuitResult:
+            from ..circuit_patching import circuit_patch
+
             return circuit_patch(
-                model, tokens, circuit, test=test, ablation=ablation, metric=metric, corruption=corruption,
-                universe=universe, seed=settings["seed"], noise_scale=noise_scale, batch_size=batch_size,
-                progress=self.progress(f"{test} of circuit {circuit} on {model.name}"),
+                subject.model, subject.tokens, circuit, test=test, ablation=ablation, metric=metric,
+                corruption=corruption, universe=universe, seed=settings["seed"], noise_scale=noise_scale,
+                batch_size=batch_size, progress=self.progress(f"{test} of circuit {circuit} on {subject.name}"),
             )
 
         result = self._cached(settings, compute, CircuitResult.from_bytes, record)
-        result.settings["model"] = model.name
+        result.settings["model"] = subject.name
         return result
 
     def subsets(
         self,
         search: str,
-        model: PatchableModel,
-        pairs: Pairs,
+        subject: Subject,
         record: ItemRecord,
         nodes: Sequence[str],
         *,
@@ -343,32 +455,31 @@ class InterpSession:
         **settings: Any,
     ) -> Completeness | Minimality:
         """``completeness()`` or ``minimality()`` (``search``) through the memo and the disk cache."""
-        from .. import circuit_patching, engine
         from ..circuit_results import Completeness, Minimality
         from ..circuits import Circuit
         from ..metrics import check_metric
 
-        tokens = engine.tokenize(model, pairs)
         circuit = Circuit(nodes, groups=groups)
         batch_size = settings.pop("batch_size", None)
         key = self._key_settings(
-            model, tokens, search, circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
+            subject, search, circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
             **{"seed": 0, **settings, "metric": check_metric(settings.get("metric", "logit_diff"))},
         )
         settings["seed"] = key["seed"]
-        function = getattr(circuit_patching, search)
         result_type = Completeness if search == "completeness" else Minimality
 
         def compute() -> Any:
-            progress = self.progress(f"{search} of circuit {circuit} on {model.name}")
-            return function(model, tokens, circuit, batch_size=batch_size, progress=progress, **settings)
+            from .. import circuit_patching
+
+            progress = self.progress(f"{search} of circuit {circuit} on {subject.name}")
+            function = getattr(circuit_patching, search)
+            return function(subject.model, subject.tokens, circuit, batch_size=batch_size, progress=progress, **settings)
 
         return self._cached(key, compute, result_type.from_bytes, record)
 
     def path(
         self,
-        model: PatchableModel,
-        pairs: Pairs,
+        subject: Subject,
         record: ItemRecord,
         receivers: Sequence[str],
         *,
@@ -379,42 +490,122 @@ class InterpSession:
         batch_size: int | None = None,
     ) -> PatchResult:
         """``path_patch()`` (every head a sender) through the memo and the disk cache."""
-        from .. import engine
         from ..corruptions import DEFAULT_NOISE_SCALE
         from ..metrics import BUILTIN_METRICS, resolve_metric
-        from ..paths import path_patch
 
         noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
-        tokens = engine.tokenize(model, pairs)
         name, custom = resolve_metric(metric)
         settings = self._key_settings(
-            model, tokens, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale,
+            subject, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale,
             metrics=[*BUILTIN_METRICS, *(m.name for m in custom)],
         )
 
         def compute() -> PatchResult:
+            from ..paths import path_patch
+
             return path_patch(
-                model, tokens, receivers, corruption=corruption, metric=metric, seed=settings["seed"],
+                subject.model, subject.tokens, receivers, corruption=corruption, metric=metric, seed=settings["seed"],
                 noise_scale=noise_scale, batch_size=batch_size,
-                progress=self.progress(f"path patching into {', '.join(receivers)} on {model.name}"),
+                progress=self.progress(f"path patching into {', '.join(receivers)} on {subject.name}"),
             )
 
         result = self._cached(settings, compute, None, record)
         result = result.with_metric(name)
-        result.settings["model"] = model.name
+        result.settings["model"] = subject.name
         return result
 
+    def edges(
+        self,
+        subject: Subject,
+        record: ItemRecord,
+        *,
+        method: str = "eap",
+        steps: int = 5,
+        metric: str = "logit_diff",
+        corruption: str = "str",
+        seed: int = 0,
+        noise_scale: float | None = None,
+        batch_size: int | None = None,
+    ) -> EdgeScores:
+        """``edge_attribution()`` through the memo and the disk cache."""
+        from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..edge_results import EdgeScores
+        from ..metrics import check_metric
+
+        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        settings = self._key_settings(
+            subject, "edges", method=method, steps=steps, metric=check_metric(metric), corruption=corruption,
+            seed=seed, noise_scale=noise_scale,
+        )
+
+        def compute() -> EdgeScores:
+            from ..edge_scoring import edge_attribution
+
+            return edge_attribution(
+                subject.model, subject.tokens, method, steps=steps, metric=metric, corruption=corruption,
+                seed=settings["seed"], noise_scale=noise_scale, batch_size=batch_size,
+            )
+
+        return self._cached(settings, compute, EdgeScores.from_bytes, record)
+
+    def faithfulness(
+        self, subject: Subject, record: ItemRecord, scores: EdgeScores, fractions: Sequence[float] | None = None,
+        *, batch_size: int | None = None, **options: Any,
+    ) -> FaithfulnessCurve:
+        """``faithfulness_curve()`` of ``scores`` (options: ablation, metric, corruption, seed, noise_scale) through
+        the memo and the disk cache; the scores are keyed by their content."""
+        from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..edge_results import FaithfulnessCurve
+
+        options.setdefault("noise_scale", DEFAULT_NOISE_SCALE)
+        settings = self._key_settings(
+            subject, "faithfulness", scores=_edge_scores_digest(scores),
+            fractions=None if fractions is None else [float(f) for f in fractions], **options,
+        )
+
+        def compute() -> FaithfulnessCurve:
+            from ..edge_scoring import FRACTIONS, faithfulness_curve
+
+            chosen = FRACTIONS if fractions is None else fractions
+            return faithfulness_curve(subject.model, subject.tokens, scores, chosen, batch_size=batch_size, **options)
+
+        return self._cached(settings, compute, FaithfulnessCurve.from_bytes, record)
+
+    def verify_edges(
+        self, subject: Subject, record: ItemRecord, scores: EdgeScores, k: int = 10, by: str = "abs", **options: Any
+    ) -> EdgeVerification:
+        """``verify_top_edges()`` of ``scores`` (options: metric, corruption, seed, noise_scale, batch_size) through
+        the memo and the disk cache."""
+        from ..edge_results import EdgeVerification
+
+        batch_size = options.pop("batch_size", None)
+        settings = self._key_settings(
+            subject, "verify_edges", scores=_edge_scores_digest(scores), k=k, by=by, **options
+        )
+
+        def compute() -> EdgeVerification:
+            from ..edge_scoring import verify_top_edges
+
+            return verify_top_edges(subject.model, subject.tokens, scores, k, by, batch_size=batch_size, **options)
+
+        return self._cached(settings, compute, EdgeVerification.from_bytes, record, counted=False)
+
     def _verified(
-        self, model: PatchableModel, tokens: TokenizedPairs, estimate: PatchResult, key: str, k: int, tolerance: float,
+        self, subject: Subject, estimate: PatchResult, settings: dict[str, Any], k: int, tolerance: float,
         batch_size: int | None, record: ItemRecord,
     ) -> PatchResult:
-        """The estimate with its top ``k`` components measured exactly (memoised per sweep and ``k``)."""
-        from ..attribution import verify_top
+        """The estimate with its top ``k`` components measured exactly, through the memo and the disk cache."""
+        from ..attribution_results import verified_comparison
 
-        memo = (key, k)
-        if memo not in self._verifications:
-            self._verifications[memo] = verify_top(model, tokens, estimate, k, batch_size=batch_size)
-        comparison = self._verifications[memo]
+        def compute() -> PatchResult:
+            from ..attribution import verify_top
+
+            verified = verify_top(subject.model, subject.tokens, estimate, k, batch_size=batch_size).verified
+            assert verified is not None
+            return verified
+
+        verified = self._cached({**settings, "verify_top": k}, compute, None, record, counted=False)
+        comparison = verified_comparison(estimate, verified, k)
         record.notes.append(
             f"attribution estimate: its {k} largest effects re-measured exactly (max |error| "
             f"{comparison.max_abs_error:.3g}, tolerance {tolerance:g})"
@@ -423,15 +614,13 @@ class InterpSession:
         assert comparison.verified is not None
         return comparison.verified
 
-    def _off_distribution(
-        self, model: PatchableModel, tokens: TokenizedPairs, sweep_settings: dict[str, Any]
-    ) -> OffDistribution:
+    def _off_distribution(self, subject: Subject, sweep_settings: dict[str, Any]) -> OffDistribution:
         """``robustness.off_distribution`` of a GN sweep's corrupted run: memoised, and cached on disk as JSON
         next to the sweeps, so a cached sweep's check costs no forward pass either."""
         import numpy as np
 
         from ..files import atomic_write
-        from ..robustness import OffDistribution, off_distribution
+        from ..robustness import OffDistribution
         from .cache import canonical, sweep_key
 
         settings = {"check": "off_distribution", **{key: sweep_settings[key] for key in OFF_DISTRIBUTION_KEYS}}
@@ -449,7 +638,11 @@ class InterpSession:
             except (OSError, ValueError, KeyError, TypeError):
                 check = None  # a damaged entry is recomputed, never trusted
         if check is None:
-            check = off_distribution(model, tokens, seed=settings["seed"], noise_scale=settings["noise_scale"])
+            from ..robustness import off_distribution
+
+            check = off_distribution(
+                subject.model, subject.tokens, seed=settings["seed"], noise_scale=settings["noise_scale"]
+            )
             if self.options.cache:
                 values = {f.name: getattr(check, f.name) for f in dataclasses.fields(check)}
                 values = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in values.items()}
@@ -459,7 +652,7 @@ class InterpSession:
 
     def grid(
         self,
-        model: PatchableModel,
+        model: ModelRef,
         source: TaskSpec | PairsSource,
         record: ItemRecord,
         component: str = "attn_head",
@@ -473,36 +666,33 @@ class InterpSession:
         """``robustness.grid`` with every sweep through ``sweep`` (memo, disk cache, off-distribution check).
 
         ``source`` is a ``TaskSpec`` (each ``corrupt_tokens`` choice becomes the task's ``corrupt`` option,
-        replacing the one it names) or whatever ``robustness.grid`` takes.
+        replacing the one it names) or whatever ``robustness.grid`` takes (which needs the model loaded).
         """
         from ..robustness import grid
 
-        pairs = self._task_source(source, model, corrupt_tokens) if isinstance(source, TaskSpec) else source
+        if isinstance(source, TaskSpec):
+            pairs: Any = self._task_source(source, corrupt_tokens)
+        else:
+            model, pairs = model.load() if isinstance(model, LazyModel) else model, source
 
-        def sweep(
-            model: PatchableModel, tokens: Pairs, component: str, corruption: Corruption, metric: str, **kwargs: Any
-        ) -> PatchResult:
-            return self.sweep(model, tokens, record, component=component, corruption=corruption, metric=metric, **kwargs)
+        def sweep(model: ModelRef, pairs: PairsRef, component: str, corruption: Corruption, metric: str,
+                  **kwargs: Any) -> PatchResult:
+            subject = Subject(self, model, pairs)
+            return self.sweep(subject, record, component=component, corruption=corruption, metric=metric, **kwargs)
 
         return grid(
             model, pairs, component, corruptions=corruptions, metrics=metrics, corrupt_tokens=corrupt_tokens, sd=sd,
             sweep=sweep, **sweep_kwargs,
         )
 
-    def _task_source(
-        self, task: TaskSpec, model: PatchableModel, corrupt_tokens: Sequence[str] | str | None
-    ) -> Callable[[str | None], PromptPairs]:
-        """The task's pairs for each corrupted-token choice (its ``corrupt`` option), through ``pairs``."""
+    def _task_source(self, task: TaskSpec, corrupt_tokens: Sequence[str] | str | None) -> Callable[[str | None], TaskSpec]:
+        """The task of each corrupted-token choice (its ``corrupt`` option), made into pairs when a sweep needs them."""
         if task.file is not None and corrupt_tokens is not None:
             raise SettingsError(
                 f"corrupt_tokens regenerates the prompt pairs once per choice, which the pairs file {task.file} "
                 "cannot do. Use a registered task (e.g. ioi) or leave corrupt_tokens out."
             )
-
-        def make(choice: str | None) -> PromptPairs:
-            return self.pairs(task.corrupting(choice), model)
-
-        return make
+        return task.corrupting
 
     def write_report(self, result: PatchResult, name: str, record: ItemRecord) -> None:
         """Write the sweep's report when ``--interp-report-dir`` is set."""
@@ -526,6 +716,14 @@ class InterpSession:
         except PlotsUnavailableError as error:  # no matplotlib: the tables are still written
             warnings.warn(f"interp-tests reports: grid figure skipped, CSV and JSON still written. {error}", stacklevel=2)
         record.reports.extend(str(path) for path in paths)
+
+
+def _edge_scores_digest(scores: EdgeScores) -> str:
+    """What identifies edge scores in the key of a result computed from them: their content."""
+    digest = hashlib.sha256(json.dumps([scores.labels, scores.method, scores.metric], default=str).encode())
+    for array in (scores.raw, scores.m_clean, scores.m_corrupted):
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:32]
 
 
 def _replay_clean_run(settings: dict[str, Any]) -> None:
@@ -591,12 +789,24 @@ def marker_task(node: pytest.Item) -> TaskSpec | None:
 ModelArg = Union[str, os.PathLike, "PatchableModel", None]
 
 
-def _model_for(request: pytest.FixtureRequest, model: ModelArg) -> PatchableModel:
+def _model_ref(request: pytest.FixtureRequest, model: ModelArg) -> ModelRef:
+    """The model a fixture call names (its spec, else the test's marker), not loaded yet; or the model given."""
     if model is None or isinstance(model, (str, os.PathLike)):
         spec = None if model is None else os.fspath(model)
         session = session_of(request.config)
-        return session.model(spec or marker_model(request.node), base_dir=Path(request.node.path).parent)
+        return session.model_ref(spec or marker_model(request.node), base_dir=Path(request.node.path).parent)
     return model
+
+
+def _model_for(request: pytest.FixtureRequest, model: ModelArg) -> PatchableModel:
+    chosen = _model_ref(request, model)
+    return chosen.load() if isinstance(chosen, LazyModel) else chosen
+
+
+def _subject(request: pytest.FixtureRequest, model: ModelArg, pairs: Pairs | None, fixture: str) -> Subject:
+    """The fixture call's model and pairs (by default the test's markers'), loaded only if a result is computed."""
+    chosen = _model_ref(request, model)
+    return Subject(session_of(request.config), chosen, _marker_task(request, fixture) if pairs is None else pairs)
 
 
 def _default_model(request: pytest.FixtureRequest) -> PatchableModel | None:
@@ -713,11 +923,8 @@ def interp_sweep(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         verify_tolerance: float = DEFAULT_VERIFY_TOLERANCE,
     ) -> PatchResult:
         nonlocal count
-        chosen = _model_for(request, model)
-        if pairs is None:
-            pairs = session.pairs(_marker_task(request, "interp_sweep"), chosen)
         result = session.sweep(
-            chosen, pairs, record, component=component, corruption=corruption, metric=metric, positions=positions,
+            _subject(request, model, pairs, "interp_sweep"), record, component=component, corruption=corruption, metric=metric, positions=positions,
             window=window, direction=direction, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
             method=method, grad_drop=grad_drop, verify_top=verify_top, verify_tolerance=verify_tolerance,
         )
@@ -756,9 +963,8 @@ def interp_grid(request: pytest.FixtureRequest) -> Callable[..., Grid]:
         **patch_kwargs: Any,
     ) -> Grid:
         nonlocal count
-        chosen = _model_for(request, model)
         result = session.grid(
-            chosen, _marker_task(request, "interp_grid") if pairs is None else pairs, record, component,
+            _model_ref(request, model), _marker_task(request, "interp_grid") if pairs is None else pairs, record, component,
             corruptions=corruptions, metrics=metrics, corrupt_tokens=corrupt_tokens, sd=sd, **patch_kwargs,
         )
         count += 1
@@ -776,11 +982,8 @@ class CircuitFixture:
         self._session = session_of(request.config)
         self._record = record_of(request.node)
 
-    def _model_and_pairs(self, model: ModelArg, pairs: Pairs | None) -> tuple[PatchableModel, Pairs]:
-        chosen = _model_for(self._request, model)
-        if pairs is None:
-            pairs = self._session.pairs(_marker_task(self._request, "interp_circuit"), chosen)
-        return chosen, pairs
+    def _subject(self, model: ModelArg, pairs: Pairs | None) -> Subject:
+        return _subject(self._request, model, pairs, "interp_circuit")
 
     def __call__(
         self,
@@ -799,9 +1002,8 @@ class CircuitFixture:
         batch_size: int | None = None,
     ) -> CircuitResult:
         """``circuit_patch()`` of ``nodes`` on the test's model and pairs (by default its markers'), cached."""
-        chosen, pairs = self._model_and_pairs(model, pairs)
         return self._session.circuit(
-            chosen, pairs, self._record, nodes, test=test, ablation=ablation, metric=metric, corruption=corruption,
+            self._subject(model, pairs), self._record, nodes, test=test, ablation=ablation, metric=metric, corruption=corruption,
             universe=universe, groups=groups, seed=seed, noise_scale=noise_scale, batch_size=batch_size,
         )
 
@@ -810,16 +1012,14 @@ class CircuitFixture:
     ) -> Completeness:
         """``circuit_patching.completeness()`` (settings: groups, ablation, metric, corruption, universe,
         samples, greedy_steps, seed, noise_scale, batch_size), cached."""
-        chosen, pairs = self._model_and_pairs(model, pairs)
-        return self._session.subsets("completeness", chosen, pairs, self._record, nodes, **settings)
+        return self._session.subsets("completeness", self._subject(model, pairs), self._record, nodes, **settings)
 
     def minimality(
         self, nodes: Sequence[str], model: ModelArg = None, pairs: Pairs | None = None, **settings: Any
     ) -> Minimality:
         """``circuit_patching.minimality()`` (settings: groups, ablation, metric, corruption, universe, samples,
         seed, noise_scale, batch_size), cached."""
-        chosen, pairs = self._model_and_pairs(model, pairs)
-        return self._session.subsets("minimality", chosen, pairs, self._record, nodes, **settings)
+        return self._session.subsets("minimality", self._subject(model, pairs), self._record, nodes, **settings)
 
 
 @pytest.fixture
@@ -851,12 +1051,50 @@ def interp_path(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         noise_scale: float | None = None,
         batch_size: int | None = None,
     ) -> PatchResult:
-        chosen = _model_for(request, model)
-        if pairs is None:
-            pairs = session.pairs(_marker_task(request, "interp_path"), chosen)
         return session.path(
-            chosen, pairs, record, receivers, corruption=corruption, metric=metric, seed=seed,
+            _subject(request, model, pairs, "interp_path"), record, receivers, corruption=corruption, metric=metric, seed=seed,
             noise_scale=noise_scale, batch_size=batch_size,
         )
 
     return path
+
+
+class EdgesFixture:
+    """What ``interp_edges`` gives a test: edge scores, faithfulness curves and exact checks through the cache."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+        self._session = session_of(request.config)
+        self._record = record_of(request.node)
+
+    def _subject(self, model: ModelArg, pairs: Pairs | None) -> Subject:
+        return _subject(self._request, model, pairs, "interp_edges")
+
+    def __call__(self, model: ModelArg = None, pairs: Pairs | None = None, method: str = "eap", **settings: Any) -> EdgeScores:
+        """``edge_attribution()`` (settings: steps, metric, corruption, seed, noise_scale, batch_size), cached."""
+        return self._session.edges(self._subject(model, pairs), self._record, method=method, **settings)
+
+    def faithfulness(
+        self, scores: EdgeScores, model: ModelArg = None, pairs: Pairs | None = None,
+        fractions: Sequence[float] | None = None, **options: Any,
+    ) -> FaithfulnessCurve:
+        """``faithfulness_curve()`` of ``scores`` (options: ablation, metric, corruption, seed, noise_scale,
+        batch_size), cached."""
+        return self._session.faithfulness(self._subject(model, pairs), self._record, scores, fractions, **options)
+
+    def verify(
+        self, scores: EdgeScores, model: ModelArg = None, pairs: Pairs | None = None, k: int = 10, by: str = "abs",
+        **options: Any,
+    ) -> EdgeVerification:
+        """``verify_top_edges()`` of ``scores``' top ``k`` edges (options: metric, corruption, seed, noise_scale,
+        batch_size), cached."""
+        return self._session.verify_edges(self._subject(model, pairs), self._record, scores, k, by, **options)
+
+
+@pytest.fixture
+def interp_edges(request: pytest.FixtureRequest) -> EdgesFixture:
+    """``interp_edges(model=None, pairs=None, method="eap", *, steps=5, metric="logit_diff", corruption="str",
+    seed=0, ...) -> EdgeScores``, ``interp_edges.faithfulness(scores, ...) -> FaithfulnessCurve`` and
+    ``interp_edges.verify(scores, k=10, ...) -> EdgeVerification``: edge claims on the test's model and pairs (by
+    default its markers'), through the result cache like ``interp_sweep``'s sweeps."""
+    return EdgesFixture(request)

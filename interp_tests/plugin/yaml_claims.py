@@ -151,7 +151,7 @@ from ..components import KINDS, parse_label
 from ..errors import ComponentError, InterpError, SettingsError, did_you_mean
 from ..signs import SIGNS
 from ..specs import ORGANISM, TaskSpec, looks_like_path, resolve_model_spec
-from .fixtures import ItemRecord, record_of, session_of
+from .fixtures import ItemRecord, Subject, record_of, session_of
 
 if TYPE_CHECKING:
     from _pytest._code.code import ExceptionInfo, TerminalRepr
@@ -1109,6 +1109,8 @@ def _blame(where: str) -> Iterator[None]:
     """Errors raised at ``where`` as claim reports: bad settings, and sweeps that verify their own estimates."""
     try:
         yield
+    except ClaimSetupError:  # already blamed on its line (a model or pairs made lazily inside a sweep)
+        raise
     except InterpError as error:
         raise ClaimSetupError(f"{where}: {error}") from error
     except ClaimError as error:  # an attribution estimate that failed its exact verification (verify_top)
@@ -1181,24 +1183,26 @@ class ClaimItem(pytest.Item):
         claim = self.claim
         name = f"{self.path.stem}.{safe_name(claim.name)}"
         with _blame(self._where(claim.model_line)):
-            model = session.model(claim.model, base_dir=self.path.parent, remote=claim.remote)
-        with _blame(self._where(claim.task_line)):
-            pairs = session.pairs(claim.task, model)
+            model = session.model_ref(claim.model, base_dir=self.path.parent, remote=claim.remote)
+        lines = {"model": claim.model_line, "pairs": claim.task_line}
+        # The model loads, and the pairs are made, only when a result is not in the cache; their errors still
+        # name the claim's model: and task: lines.
+        subject = Subject(session, model, claim.task, lambda what: _blame(self._where(lines[what])))
 
         def sweep(**settings: Any) -> PatchResult:
-            return session.sweep(model, pairs, record, **settings)
+            return session.sweep(subject, record, **settings)
 
         if claim.circuit is not None:
-            self._run_circuit_claim(model, pairs, record, name)
+            self._run_circuit_claim(subject, record, name)
             return
         if claim.edges is not None:
-            self._run_edges_claim(model, pairs)
+            self._run_edges_claim(subject)
             return
         result = grid = None
         context = []
         if claim.path is not None:
             with _blame(self._where(claim.sweep_line)):
-                result = session.path(model, pairs, record, **claim.path)
+                result = session.path(subject, record, **claim.path)
             session.write_report(result, name, record)
         elif claim.expect.needs_sweep:
             with _blame(self._where(claim.sweep_line)):
@@ -1226,21 +1230,20 @@ class ClaimItem(pytest.Item):
         if failures:
             raise ClaimFailures(failures, context)
 
-    def _run_edges_claim(self, model: Any, pairs: Any) -> None:
-        """An `edges:` claim: every edge scored (EAP or EAP-IG; not cached: two forward passes and a backward
-        pass per step), the faithfulness curve when a check reads it, then each check of `expect` in order."""
-        from ..edge_scoring import edge_attribution, faithfulness_curve
-
-        claim, e = self.claim, self.claim.expect
+    def _run_edges_claim(self, subject: Subject) -> None:
+        """An `edges:` claim: every edge scored (EAP or EAP-IG) and the faithfulness curve when a check reads it,
+        both cached, then each check of `expect` in order."""
+        session, claim, e = session_of(self.config), self.claim, self.claim.expect
+        record = record_of(self)
         settings = {"method": "eap_ig", **claim.edges}
         with _blame(self._where(claim.sweep_line)):
-            scores = edge_attribution(model, pairs, **settings)
+            scores = session.edges(subject, record, **settings)
         curves: list[Any] = []
 
         def curve() -> Any:
             if not curves:
                 options = {k: v for k, v in settings.items() if k in ("batch_size", "noise_scale")}
-                curves.append(faithfulness_curve(model, pairs, scores, **options))
+                curves.append(session.faithfulness(subject, record, scores, **options))
             return curves[0]
 
         checks: list[tuple[str, Callable[[], Any]]] = []
@@ -1254,13 +1257,13 @@ class ClaimItem(pytest.Item):
             checks.append(("cmd", lambda: curve().assert_cmd(**e.cmd)))
         self._run_checks(checks)
 
-    def _run_circuit_claim(self, model: Any, pairs: Any, record: ItemRecord, name: str) -> None:
+    def _run_circuit_claim(self, subject: Subject, record: ItemRecord, name: str) -> None:
         """A `circuit:` claim: its score (cached), then each check of `expect` in order."""
         session, claim, e = session_of(self.config), self.claim, self.claim.expect
         settings = dict(claim.circuit)
         nodes, groups = settings.pop("nodes"), settings.pop("groups", None)
         with _blame(self._where(claim.sweep_line)):
-            result = session.circuit(model, pairs, record, nodes, groups=groups, **settings)
+            result = session.circuit(subject, record, nodes, groups=groups, **settings)
         search = {k: v for k, v in settings.items() if k != "test"}
         checks: list[tuple[str, Callable[[], Any]]] = []
         if e.score is not None:
@@ -1269,13 +1272,13 @@ class ClaimItem(pytest.Item):
             complete = dict(e.complete)
             limit = complete.pop("max_incompleteness", 0.1)
             checks.append(("complete", lambda: session.subsets(
-                "completeness", model, pairs, record, nodes, groups=groups, **search, **complete
+                "completeness", subject, record, nodes, groups=groups, **search, **complete
             ).assert_complete(limit)))
         if e.minimal is not None:
             minimal = dict(e.minimal)
             limit_min = minimal.pop("min_effect", 0.01)
             checks.append(("minimal", lambda: session.subsets(
-                "minimality", model, pairs, record, nodes, groups=groups, **search, **minimal
+                "minimality", subject, record, nodes, groups=groups, **search, **minimal
             ).assert_minimal(limit_min)))
         if e.baseline is not None:
             baseline_name, atol = e.baseline
