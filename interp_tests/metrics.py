@@ -233,6 +233,8 @@ class AnswerReader:
     def clean_summary(self, clean_logits: torch.Tensor) -> dict[str, Any]:
         """What ``CleanRun`` needs from the clean logits, a few numbers per prompt: accuracy and chance, the prompts
         with an answer among the TOP_K most likely tokens, the mean P(answer) and each prompt's top-1 token."""
+        import torch
+
         logits = clean_logits.float().cpu()
         accuracy, chance = self.accuracy(logits)
         top = logits.topk(min(TOP_K, logits.shape[-1]), dim=-1).indices
