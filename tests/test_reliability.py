@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file
 
 import interp_tests as it
-from interp_tests import engine
+from interp_tests import engine, exact
 from interp_tests.claims import check_baseline, render, snapshot
 from interp_tests.components import make_grid
 from interp_tests.errors import (
@@ -280,6 +280,7 @@ def _memory_limited_run(monkeypatch, max_rows: int, error: type[BaseException]) 
         return real_run(model, tokens, run_input, prompts, **kwargs)
 
     monkeypatch.setattr(engine, "run", run)
+    monkeypatch.setattr(exact, "run", run)  # the exact sweep's own binding of engine.run
     return sizes
 
 
