@@ -206,6 +206,7 @@ def test_remote_needs_a_repo_id():
 def test_saves_collected_in_a_dict_inside_a_trace_come_back_empty(server, remote, local):
     """The engine kept its caches in a dict filled inside the trace: NDIF (and the stand-in) return only top-level
     saved names, so such a dict comes back empty, while a local trace fills it."""
+    remote_module.register_package()  # as every engine call does; alone on an xdist worker, no earlier test did it
     ids = torch.tensor([[2, 3, 4, 5]])
     collected: dict[str, torch.Tensor] = {}
     with remote.nn.trace(ids, backend=server(remote.nn, None)):
