@@ -15,6 +15,8 @@ import importlib.util
 import json
 import os
 import re
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,16 +107,77 @@ def hub_weights_missing(spec: str) -> bool:
 
 def certain_device(requested: str) -> str | None:
     """The device type ``load_model(device=requested)`` puts a model on, where that is certain without torch:
-    the one asked for, or "cpu" for "auto" with a torch built without CUDA or ROCm (read from torch's version
-    file, not imported). None when only importing torch can tell."""
+    the one asked for; for "auto", "cpu" when torch is built without CUDA or ROCm, or, for a CUDA or ROCm build,
+    when this machine shows no way to reach a GPU. None when only importing torch can tell."""
     if requested != "auto":
         return requested
+    folder = torch_folder()
+    build = None if folder is None else torch_build(folder)
+    if build == "cpu":
+        return "cpu"
+    if build == "cuda" and os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return "cpu"  # CUDA then shows torch no device
+    if build is not None and sys.platform.startswith("linux") and not gpu_driver_traces(folder.parent):
+        return "cpu"
+    return None
+
+
+def torch_folder() -> Path | None:
+    """The installed torch package's folder, found without importing it."""
     spec = importlib.util.find_spec("torch")
-    if spec is None or spec.origin is None:
-        return None
+    return None if spec is None or spec.origin is None else Path(spec.origin).parent
+
+
+def torch_build(folder: Path) -> str | None:
+    """"cpu", "cuda" or "rocm": what torch is built for, read from its ``version.py`` (``cuda = '13.0'``,
+    ``hip = None``). None when that file is missing or unclear."""
     try:
-        text = (Path(spec.origin).parent / "version.py").read_text(encoding="utf-8")
+        text = (folder / "version.py").read_text(encoding="utf-8")
     except OSError:
         return None
-    builds = [re.search(rf"^{name}\b[^=\n]*=\s*(.+)$", text, re.MULTILINE) for name in ("cuda", "hip")]
-    return "cpu" if all(match is not None and match.group(1).strip() == "None" for match in builds) else None
+    built = {}
+    for name in ("cuda", "hip"):
+        match = re.search(rf"^{name}\b[^=\n]*=\s*(.+)$", text, re.MULTILINE)
+        if match is None:
+            return None
+        built[name] = match.group(1).strip() != "None"
+    if built["cuda"] and built["hip"]:
+        return None
+    return "rocm" if built["hip"] else "cuda" if built["cuda"] else "cpu"
+
+
+# What any way of reaching a GPU from Linux leaves on the machine, relative to ``SYSTEM_ROOT``: device nodes of the
+# NVIDIA driver, WSL and ROCm; a loaded NVIDIA or AMD kernel module (nvidia-modprobe can then still make the
+# nodes); nvidia-modprobe (it can load the module); the CUDA driver library, libcuda, through which torch reaches
+# every CUDA device (a GPU on another machine too), wherever the dynamic loader looks for it.
+DRIVER_PATTERNS = (
+    "dev/nvidia*", "dev/dxg", "dev/kfd", "proc/driver/nvidia", "sys/module/nvidia", "sys/module/amdgpu",
+    "bin/nvidia-modprobe", "sbin/nvidia-modprobe", "usr/bin/nvidia-modprobe", "usr/sbin/nvidia-modprobe",
+    "lib/libcuda.so*", "lib/*/libcuda.so*", "lib64/libcuda.so*", "usr/lib/libcuda.so*", "usr/lib/*/libcuda.so*",
+    "usr/lib/wsl/lib/libcuda.so*", "usr/lib64/libcuda.so*", "usr/local/lib/libcuda.so*",
+)
+SYSTEM_ROOT = Path("/")
+
+
+def gpu_driver_traces(site_packages: Path) -> list[str]:
+    """Every sign that torch might see a GPU: ``DRIVER_PATTERNS``, libcuda in the loader's cache, on
+    LD_LIBRARY_PATH or among the pip-installed NVIDIA libraries, a preloaded library, nvidia-modprobe on PATH.
+    Empty only when it certainly cannot."""
+    traces = [str(path) for pattern in DRIVER_PATTERNS for path in SYSTEM_ROOT.glob(pattern)]
+    if not os.access(SYSTEM_ROOT / "dev", os.R_OK | os.X_OK):
+        traces.append("/dev cannot be listed")  # its device nodes could be there
+    try:
+        if b"libcuda.so" in (SYSTEM_ROOT / "etc" / "ld.so.cache").read_bytes():
+            traces.append("libcuda in /etc/ld.so.cache")
+    except FileNotFoundError:
+        pass
+    except OSError:
+        traces.append("/etc/ld.so.cache is unreadable")
+    folders = [Path(folder) for folder in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if folder]
+    traces += [str(path) for folder in folders for path in folder.glob("libcuda.so*")]
+    traces += [str(path) for path in (site_packages / "nvidia").glob("**/libcuda.so*")]
+    if os.environ.get("LD_PRELOAD", "").strip():
+        traces.append("LD_PRELOAD is set")
+    if shutil.which("nvidia-modprobe"):
+        traces.append("nvidia-modprobe on PATH")
+    return traces

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -122,9 +123,7 @@ class LazyModel:
 
     def device_type(self) -> str | None:
         """The device type it will load on, when that is known without torch."""
-        from ..identities import certain_device
-
-        return certain_device(self._session.options.device)
+        return self._session.device_type
 
     def load(self) -> PatchableModel:
         return self._session.load(self.name, remote=self.remote)
@@ -193,6 +192,13 @@ class InterpSession:
         self._pairs: dict[str, PromptPairs] = {}
         self._distributions: dict[str, OffDistribution] = {}
         self._results: dict[str, Any] = {}  # sweeps, circuit scores, subset searches, path patching, by cache key
+
+    @functools.cached_property
+    def device_type(self) -> str | None:
+        """The device type models load on, when that is known without torch (looked for once per session)."""
+        from ..identities import certain_device
+
+        return certain_device(self.options.device)
 
     def progress(self, what: str) -> Callable[[int, int], None] | None:
         """A ``progress(done, total)`` that writes ``what`` and its count at each quarter of a computation."""
