@@ -6,6 +6,7 @@ mode is the root conftest.py's, shared with hypotheses/.
 import logging
 import os
 import sys
+import types
 import warnings
 from pathlib import Path
 
@@ -96,6 +97,38 @@ def pytest_configure(config: pytest.Config) -> None:
     # the warnings that say so (tested in test_reliability.py) would otherwise bury the warnings that matter.
     config.addinivalue_line("filterwarnings", "ignore:The model's clean accuracy:interp_tests.errors.InterpWarning")
     config.addinivalue_line("filterwarnings", "ignore:The model essentially never predicts:interp_tests.errors.InterpWarning")
+
+
+def forget_unloaded_submodules(package: str = "interp_tests") -> None:
+    """Drop the attributes by which ``package`` and its subpackages still name submodules that are no longer in
+    ``sys.modules``. pytester restores ``sys.modules`` after an in-process run, but a package imported before it
+    (interp_tests: the outer run loaded its plugin) keeps those attributes, so ``from .. import patching`` in the
+    next run gets the unloaded copy instead of importing anew, and that copy runs the old nnsight under a model
+    made by the new one (nnsight then sees no trace: "save() was called outside a trace")."""
+    for name, module in list(sys.modules.items()):
+        if name != package and not name.startswith(package + "."):
+            continue
+        for attribute, value in list(vars(module).items()):
+            full_name = f"{name}.{attribute}"
+            if isinstance(value, types.ModuleType) and value.__name__ == full_name and sys.modules.get(full_name) is not value:
+                delattr(module, attribute)
+
+
+@pytest.fixture
+def pytester(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """pytester whose in-process runs each start and end with no stale interp_tests submodule
+    (``forget_unloaded_submodules``), whatever the outer process imported before."""
+    inline_run = pytester.inline_run
+
+    def isolated_inline_run(*args, **kwargs):
+        forget_unloaded_submodules()
+        try:
+            return inline_run(*args, **kwargs)
+        finally:
+            forget_unloaded_submodules()
+
+    monkeypatch.setattr(pytester, "inline_run", isolated_inline_run)
+    return pytester
 
 
 @pytest.fixture(scope="session")
