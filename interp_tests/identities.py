@@ -70,6 +70,14 @@ def file_digest(path: Path, memo_dir: Path | None = None) -> str:
     return digest
 
 
+def file_states(files: Sequence[Path]) -> list[tuple[int, int, int, int]] | None:
+    """Each file's size, mtime, ctime and inode (any write changes one of them); None when one is gone."""
+    try:
+        return [(stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino) for stat in (path.stat() for path in files)]
+    except OSError:
+        return None
+
+
 def files_fingerprint(files: Sequence[Path], memo_dir: Path | None = None) -> str:
     """``files:<hash>`` of the files' names and bytes: a changed, added or removed file changes it."""
     digest = hashlib.blake2b(digest_size=16)

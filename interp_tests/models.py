@@ -16,6 +16,7 @@ from .adapters import Adapter, Shape, adapter_for, shape_of
 from .errors import ModelLoadError, RemoteUnsupportedError, WeightsUnavailableError
 from .identities import (
     WEIGHTS_PREFIX,
+    file_states,
     files_fingerprint,
     hub_offline,
     model_files,
@@ -50,6 +51,7 @@ class PatchableModel:
         self.name = name
         self.remote = remote
         self.files = None if files is None else list(files)
+        self._file_states = None if files is None else file_states(self.files)  # as they were when loaded
         config = model.config if isinstance(model, torch.nn.Module) else model._module.config
         self.adapter: Adapter = adapter_for(config)  # first: an unsupported model is refused before nnsight wraps it
         self.shape: Shape = shape_of(self.adapter.language_config(config))
@@ -132,12 +134,13 @@ class PatchableModel:
     def fingerprint(self) -> str:
         """What identifies the model in cache keys, so a changed model never reuses a cached result. A remote
         model's weights are not here: it is identified by its repo id and revision (``remote:`` prefix); a local
-        one by the hash of the files it was loaded from (``files:...``, computable before loading it), else of its
-        architecture and every weight (``weights:...``)."""
+        one by the hash of the files it was loaded from (``files:...``, computable before loading it) while they are
+        as they were then, else (deleted, rewritten, or loaded from memory) of its architecture and every weight
+        (``weights:...``)."""
         if self.remote is not None:
             return f"remote:{self.nn.repo_id}@{self.nn.revision or 'default-branch'}"
         if self._fingerprint is None:
-            if self.files:
+            if self.files and self._file_states is not None and file_states(self.files) == self._file_states:
                 self._fingerprint = files_fingerprint(self.files)
             else:
                 digest = hashlib.blake2b(digest_size=16)

@@ -160,6 +160,21 @@ def test_file_and_weight_identities_cannot_collide(tiny_files):
     assert "torch" in sys.modules  # (both loaded the model; only the first is identified without it)
 
 
+def test_a_model_whose_files_went_or_changed_after_loading_is_identified_by_its_weights(tmp_path, tiny_files):
+    from interp_tests import load_model
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_files / "model", folder)
+    hashed, gone, rewritten = load_model(folder), load_model(folder), load_model(folder)
+    assert hashed.fingerprint().startswith(FILES_PREFIX)  # taken while the files are there, then kept
+    config = folder / "config.json"
+    config.write_text(config.read_text())  # the same bytes, written again
+    assert rewritten.fingerprint().startswith(WEIGHTS_PREFIX)
+    shutil.rmtree(folder)  # e.g. a temporary directory it was loaded from
+    assert gone.fingerprint() == rewritten.fingerprint() == load_model(gone.hf, tokenizer=gone.tokenizer).fingerprint()
+    assert hashed.fingerprint().startswith(FILES_PREFIX)
+
+
 def test_a_file_hash_follows_the_bytes_not_the_mtime(tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
