@@ -151,6 +151,29 @@ def tiny_sweep(tiny_files: Path):
     return patch(load_model(tiny_files / "model"), PromptPairs.load(tiny_files / "pairs.jsonl"))
 
 
+@pytest.fixture
+def two_claims(pytester: pytest.Pytester, tiny_files: Path, tiny_sweep) -> tuple[str, str]:
+    """``hypotheses/claims.yaml`` on ``tiny_files`` with two claims sharing one sweep: the top head is detected
+    (holds; its sweep written out, its ``expect`` inline) and the weakest is (fails at line 9; ``expect`` as a
+    block). Returns the two heads' labels."""
+    from pytester_support import write_claims
+
+    top, bottom = tiny_sweep.top(1)[0][0], tiny_sweep.top(1, sign="negative")[0][0]
+    write_claims(
+        pytester,
+        tiny_files,
+        f"""\
+        - name: the top head is detected
+          sweep: {{component: attn_head, corruption: str, metric: logit_diff}}
+          expect: {{detected: ["{top}"], sd: {tiny_sweep.zscore(top) - 0.01:.4f}}}
+        - name: the weakest head is detected
+          expect:
+            detected: ["{bottom}"]
+        """,
+    )
+    return top, bottom
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     """With ``INTERP_NDIF_VENV`` set (``.ci/run`` sets it), an ndif test that skips, for whatever reason, fails:

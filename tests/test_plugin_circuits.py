@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_plugin_yaml import write_claims
+from pytester_support import write_claims
 
 import interp_tests as it
 

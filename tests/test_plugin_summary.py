@@ -10,27 +10,10 @@ import re
 import xml.etree.ElementTree as ET
 
 import pytest
-from test_plugin_yaml import write_claims
+from pytester_support import write_claims
 
 from interp_tests.plugin import read_record, record_properties
 from interp_tests.plugin.fixtures import ItemRecord
-
-
-@pytest.fixture
-def two_claims(pytester, tiny_files, tiny_sweep):
-    """A claims file whose first claim holds and whose second fails, and their labels."""
-    top, bottom = tiny_sweep.top(1)[0][0], tiny_sweep.top(1, sign="negative")[0][0]
-    write_claims(
-        pytester,
-        tiny_files,
-        f"""\
-        - name: the top head is detected
-          expect: {{detected: ["{top}"], sd: {tiny_sweep.zscore(top) - 0.01:.4f}}}
-        - name: the weakest head is detected
-          expect: {{detected: ["{bottom}"]}}
-        """,
-    )
-    return top, bottom
 
 
 def test_the_claims_summary_is_full_by_default_and_under_v(pytester, two_claims):

@@ -4,35 +4,12 @@ naming its line and fix, while the rest of the session runs."""
 
 from __future__ import annotations
 
-import textwrap
-from pathlib import Path
-
 import pytest
+from pytester_support import write_claims
 
 
-def write_claims(pytester: pytest.Pytester, tiny_files: Path, claims: str, path: str = "hypotheses/claims.yaml") -> Path:
-    """A claims file on the tiny model; ``claims`` is the YAML of the claims list (starting on line 4)."""
-    text = f"model: {tiny_files / 'model'}\ntask: {{file: {tiny_files / 'pairs.jsonl'}}}\nclaims:\n"
-    file = pytester.path / path
-    file.parent.mkdir(parents=True, exist_ok=True)
-    file.write_text(text + textwrap.dedent(claims))
-    return file
-
-
-def test_a_true_claim_passes_and_a_false_one_fails_with_the_report(pytester, tiny_files, tiny_sweep):
-    top, bottom = tiny_sweep.top(1)[0][0], tiny_sweep.top(1, sign="negative")[0][0]
-    write_claims(
-        pytester,
-        tiny_files,
-        f"""\
-        - name: the top head is detected
-          sweep: {{component: attn_head, corruption: str, metric: logit_diff}}
-          expect: {{detected: ["{top}"], sd: {tiny_sweep.zscore(top) - 0.01:.4f}}}
-        - name: the weakest head is detected
-          expect:
-            detected: ["{bottom}"]
-        """,
-    )
+def test_a_true_claim_passes_and_a_false_one_fails_with_the_report(pytester, two_claims):
+    top, bottom = two_claims
     result = pytester.runpytest("-v")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
