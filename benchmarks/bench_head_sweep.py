@@ -329,6 +329,21 @@ def memory_setup(
 # --------------------------------------------------------------------------- main
 
 
+def agrees(gap: float, max_diff: float, reference: str, sweep: str = "") -> bool:
+    """The closing checks of a benchmark that compares interp-tests with ``reference``: the logit-difference
+    normalisation is well conditioned (``|gap| > MIN_GAP``) and the effects agree within ``TOLERANCE``. Prints a
+    FAIL line (naming ``sweep``, when given) for each check that does not hold."""
+    where = f"{sweep}: " if sweep else ""
+    passed = True
+    if not abs(gap) > MIN_GAP:
+        print(f"FAIL: {where}the logit-difference normalisation is ill-conditioned (|gap| {abs(gap):.3g} <= {MIN_GAP})")
+        passed = False
+    if not max_diff <= TOLERANCE:
+        print(f"FAIL: {where}interp-tests and {reference} disagree by {max_diff:.3g} > {TOLERANCE}")
+        passed = False
+    return passed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = bench_parser(__doc__.splitlines()[0], repeats=3)
     parser.add_argument("--prompts", type=int, default=16)
@@ -414,16 +429,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_memory:
         memory_table()
     print(f"total runtime {time.perf_counter() - run_start:.0f} s")
-    failed = False
-    if not abs(gap) > MIN_GAP:
-        print(f"FAIL: the logit-difference normalisation is ill-conditioned (|gap| {abs(gap):.3g} <= {MIN_GAP})")
-        failed = True
-    if not max_diff <= TOLERANCE:
-        print(f"FAIL: interp-tests and TransformerLens disagree by {max_diff:.3g} > {TOLERANCE}")
-        failed = True
+    passed = agrees(gap, max_diff, "TransformerLens")
     ratios = [t / o for o, t in zip(times["interp-tests"], times["TransformerLens"])]
     print(f"speedup_vs_transformer_lens={statistics.median(ratios):.2f}")
-    return 1 if failed else 0
+    return 0 if passed else 1
 
 
 if __name__ == "__main__":
