@@ -548,7 +548,9 @@ def env_lines(server: LocalNDIF) -> str:
 def serve(env_file: Path) -> None:
     """Start the local server with ``tiny_models``, write ``env_file`` (``env_lines``) once it serves, and
     serve until interrupted (Ctrl-C or SIGTERM); then stop every process it started and remove ``env_file``."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    # Both stop it, even where the shell that started it in the background set it to ignore SIGINT.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     with tempfile.TemporaryDirectory(prefix="ndif-models-") as models, LocalNDIF(tiny_models(Path(models))) as server:
         partial = env_file.with_name(env_file.name + ".partial")
         partial.write_text(env_lines(server))
