@@ -110,10 +110,22 @@ def ndif_backend(nn_model: Any, progress: Progress) -> Any:
     return _ndif_backend_class()(model_key(nn_model), host=CONFIG.API.HOST, progress=progress)
 
 
+def exception_lines(description: str) -> list[str]:
+    """The lines of a server's failure description that say what failed: a Python traceback without its frames
+    (``  File ...`` lines and the source under them) and headers, so the paths of the server's own modules
+    (``ndif/services/ray/deployments/...``) never decide what kind of failure it was."""
+    return [
+        line for line in description.strip().splitlines()
+        if line.strip() and not line[0].isspace() and line != "Traceback (most recent call last):"
+    ]
+
+
 def classify_failure(description: str, key: str, host: str) -> RemoteError:
-    """The InterpError for a failed request, from the server's description of it."""
+    """The InterpError for a failed request, from the server's description of it (NDIF sends a traceback for a
+    failure while running the request, a sentence for one before it)."""
     text = description.strip()
-    lowered = text.lower()
+    said = exception_lines(text)
+    lowered = "\n".join(said).lower()
     where = f"the NDIF server at {host}"
     if "execution timeout" in lowered:
         return RemoteTimeoutError(
@@ -131,10 +143,13 @@ def classify_failure(description: str, key: str, host: str) -> RemoteError:
             f"{where} cannot serve {key}: {text} Check that the server deploys this repo id and revision "
             "(nnsight.ndif.status() lists what it serves), or load the model locally (remote=False)."
         )
-    if any(s in lowered for s in ("object store", "s3", "presign", "upload")):
+    # NDIF hands a result over its inline limit to its object store (S3 through botocore); a blocking request
+    # uses the store for nothing else, so its failure means the result was too large to come back inline.
+    if re.search(r"object ?store|botocore|\bs3\b|presign", lowered):
         return RemoteResultTooLargeError(
-            f"{where} could not return the result: {text} Results over the server's inline limit (about 8 MiB) "
-            "need its object store. interp-tests' results are kilobytes; fewer prompts per call make them smaller."
+            f"{where} could not return the result: it is over the server's inline limit (about 8 MiB, from its "
+            f"redis' pub/sub limits), and uploading it to the server's object store failed ({said[-1]}). "
+            "interp-tests' results are kilobytes; fewer prompts per call make them smaller."
         )
     return RemoteRequestError(f"{where} failed to run the request for {key}: {text}")
 

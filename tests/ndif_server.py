@@ -536,3 +536,38 @@ def tiny_models(folder: Path) -> dict[str, Path]:
         "local/tiny-gpt2": save_model(gpt2, tokenizer, Path(folder) / "tiny-gpt2"),
         "local/tiny-llama": save_model(llama, tokenizer, Path(folder) / "tiny-llama"),
     }
+
+
+def env_lines(server: LocalNDIF) -> str:
+    """``export`` lines (for a shell's ``.``) that point a client at ``server``: ``LocalNDIF.client_env()``."""
+    import shlex
+
+    return "".join(f"export {name}={shlex.quote(value)}\n" for name, value in server.client_env().items())
+
+
+def serve(env_file: Path) -> None:
+    """Start the local server with ``tiny_models``, write ``env_file`` (``env_lines``) once it serves, and
+    serve until interrupted (Ctrl-C or SIGTERM); then stop every process it started and remove ``env_file``."""
+    # Both stop it, even where the shell that started it in the background set it to ignore SIGINT.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
+    with tempfile.TemporaryDirectory(prefix="ndif-models-") as models, LocalNDIF(tiny_models(Path(models))) as server:
+        partial = env_file.with_name(env_file.name + ".partial")
+        partial.write_text(env_lines(server))
+        partial.replace(env_file)  # whole or absent: a shell that sources it never reads half of it
+        print(f"serving {', '.join(server.repo_ids)} at {server.host}; '. {env_file}' points a client at it; "
+              "Ctrl-C stops it", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            env_file.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run the local NDIF server (tiny models) until interrupted.")
+    parser.add_argument("env_file", type=Path, help="where to write the client's environment (export lines)")
+    serve(parser.parse_args().env_file)

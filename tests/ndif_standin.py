@@ -39,6 +39,20 @@ import torch
 from interp_tests.remote import Progress, _ndif_backend_class, model_key
 
 INLINE_LIMIT = 8 * 2**20  # NDIF returns results up to its redis pub/sub limit inline (shared/ndif/README.md)
+# What NDIF 0.1.2 sends (as an ERROR update) for a result over that limit when its object store cannot be reached,
+# as measured against the real local server (tests/test_ndif_e2e.py), its traceback abridged.
+NO_OBJECT_STORE = """Traceback (most recent call last):
+  File "/srv/venv/lib/python3.11/site-packages/ndif/common/providers/objectstore.py", line 160, in put
+    cls._ensure_bucket()
+  File "/srv/venv/lib/python3.11/site-packages/botocore/httpsession.py", line 540, in send
+    raise EndpointConnectionError(endpoint_url=request.url, error=e)
+botocore.exceptions.EndpointConnectionError: Could not connect to the endpoint URL: "http://127.0.0.1:9000/ndif-results\""""
+
+
+class ObjectStoreUnreachable(Exception):
+    """The stand-in's result was over its inline limit: NDIF would upload it to an object store there is none of."""
+
+    description = NO_OBJECT_STORE
 
 
 @functools.cache
@@ -221,10 +235,7 @@ class NdifStandIn:
         blob = outcome["blob"]
         record.result_bytes = len(blob)
         if len(blob) > self.inline_limit:
-            raise RuntimeError(
-                f"result of {len(blob)} bytes is over the inline limit of {self.inline_limit} and no object store "
-                "is configured to upload it to"
-            )
+            raise ObjectStoreUnreachable(NO_OBJECT_STORE)
         return blob
 
 
@@ -247,7 +258,8 @@ def _standin_backend_class() -> type:
             try:
                 blob = self.server.serve(self.model_key, payload, request.compress, log)
             except Exception as error:
-                self.handle(ResponseModel(id="standin", status=Status.ERROR, description=f"{type(error).__name__}: {error}"))
+                description = getattr(error, "description", f"{type(error).__name__}: {error}")
+                self.handle(ResponseModel(id="standin", status=Status.ERROR, description=description))
                 raise AssertionError("an ERROR update raises") from error
             return self.handle(ResponseModel(id="standin", status=Status.COMPLETED, data=blob))
 

@@ -253,6 +253,29 @@ def test_server_failures_are_classified():
     assert type(remote_module.classify_failure("ValueError: boom", key, host)) is RemoteRequestError
 
 
+def test_a_failure_is_classified_by_what_failed_not_by_the_paths_in_its_traceback():
+    """NDIF sends a traceback for a failure inside the request; its frames name NDIF's own modules
+    (``ndif/services/ray/deployments/...``), which once made a user's mistake read as a model not deployed. Both
+    descriptions are as the real server sent them (tests/test_ndif_e2e.py), abridged."""
+    from ndif_standin import NO_OBJECT_STORE
+
+    key, host = "TransformersModel:{...}", "http://ndif"
+    user_mistake = (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/venv/lib/python3.11/site-packages/ndif/services/ray/deployments/modeling/nns.py", line 183, '
+        "in execute_traced_block\n    tracer.execute(tracer.info.code)\n"
+        '  File "/home/me/claims.py", line 17, in <module>\n    x = model.transformer.h[7].output.save()\n'
+        "AttributeError: 'Envoy' object (nor its module) has attribute '7'"
+    )
+    error = remote_module.classify_failure(user_mistake, key, host)
+    assert type(error) is RemoteRequestError
+    assert "h[7]" in str(error)  # the user's line stays in the message
+    too_large = remote_module.classify_failure(NO_OBJECT_STORE, key, host)
+    assert isinstance(too_large, RemoteResultTooLargeError)
+    assert "over the server's inline limit" in str(too_large) and "EndpointConnectionError" in str(too_large)
+    assert "File " not in str(too_large)
+
+
 def test_an_unreachable_server_is_retried_then_named(remote, monkeypatch):
     import socket
 
