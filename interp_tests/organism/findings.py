@@ -77,47 +77,65 @@ def sweeps_table(model: PatchableModel) -> str:
 
 @dataclass(frozen=True)
 class IOICircuit:
-    """The IOI circuit as path patching finds it, three steps back from the logits (Wang et al. 2023, section 3)."""
+    """The IOI circuit as path patching finds it, three steps back from the logits (Wang et al. 2023, section 3),
+    and what the direct path shows under the probability of IO, which logit difference cancels for a head that
+    lifts both names (Zhang & Nanda 2024, section 4)."""
 
     direct: PatchResult  # every head's effect through the logits only (the direct path)
     through_queries: PatchResult  # through the name movers' queries
     through_values: PatchResult  # through the S-inhibition heads' values
+    direct_prob: PatchResult  # the direct path under the probability of IO
+    through_booster_values: PatchResult  # through the name boosters' values, under the probability
     name_movers: tuple[str, ...]
     negative: tuple[str, ...]
     s_inhibition: tuple[str, ...]
     upstream: tuple[str, ...]
+    boosters: tuple[str, ...]  # direct path under the probability only: heads that lift IO and S alike
+    booster_inputs: tuple[str, ...]  # heads acting through the boosters' values, under the probability (a booster too, maybe)
     patterns: Mapping[str, AttentionScores]
     faithfulness: float
     n_heads: int
 
     @property
     def heads(self) -> tuple[str, ...]:
-        return tuple(dict.fromkeys(self.name_movers + self.negative + self.s_inhibition + self.upstream))
+        groups = (self.name_movers, self.negative, self.s_inhibition, self.upstream, self.boosters, self.booster_inputs)
+        return tuple(dict.fromkeys(h for group in groups for h in group))
+
+    @property
+    def classes(self) -> dict[str, tuple[str, ...]]:
+        """Wang et al.'s classes that path patching found (name movers with negative ones, S-inhibition,
+        duplicate-token / induction), non-empty ones only."""
+        found = {"name movers": self.name_movers + self.negative, "S-inhibition": self.s_inhibition,
+                 "duplicate-token / induction": self.upstream}
+        return {name: heads for name, heads in found.items() if heads}
 
     def report(self) -> str:
         def row(name: str, heads: Sequence[str], result: PatchResult, *patterns: str) -> str:
             def attention(h: str) -> str:
                 return " / ".join(f"{self.patterns[p][h]:.2f}" for p in patterns)
 
-            cells = ", ".join(f"{h} (effect {result[h]:+.3f}, z {result.zscore(h):+.2f}, attn {attention(h)})" for h in heads)
+            cells = ", ".join(f"{h} (effect {result[h]:+.4g}, z {result.zscore(h):+.2f}, attn {attention(h)})" for h in heads)
             return f"| {name} | {' / '.join(patterns)} | {cells or '-'} |"
 
         lines = [
             "| class | attention | heads (path-patching effect, z, mean attention weight) |",
             "|---|---|---|",
-            row("name movers (direct path to the logits)", self.name_movers, self.direct, "end->IO", "end->S1"),
-            row("negative heads (direct path)", self.negative, self.direct, "end->IO", "end->S1"),
+            row("name movers (direct path, logit difference)", self.name_movers, self.direct, "end->IO", "end->S1", "end->S2"),
+            row("negative heads (direct path, logit difference)", self.negative, self.direct, "end->IO", "end->S1"),
             row("S-inhibition (through the name movers' queries)", self.s_inhibition, self.through_queries, "end->S2"),
             row("duplicate-token / induction (through S-inhibition values)", self.upstream, self.through_values, "S2->S1", "S2->S1+1"),
+            row("name boosters (direct path, probability only)", self.boosters, self.direct_prob, "end->IO", "end->S1"),
+            row("through the boosters' values (probability)", self.booster_inputs, self.through_booster_values, "end->IO", "end->S1"),
             "",
             f"circuit {{{', '.join(self.heads)}}}: {len(self.heads)} of {self.n_heads} heads, "
-            f"faithfulness {self.faithfulness:.3f} (ABC resample ablation of every other head)",
+            f"faithfulness {self.faithfulness:.3f} (ABC resample ablation of every other head, logit difference)",
         ]
         return "\n".join(lines)
 
 
 def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
-    """Name movers, negative heads, S-inhibition and upstream heads by path patching on ABC-corrupted IOI."""
+    """Name movers, negative heads, S-inhibition and upstream heads by path patching on ABC-corrupted IOI, then
+    the heads the probability of IO sees on the direct path and through their values."""
     pairs = tasks.ioi(n, seed=seed, corrupt="ABC", tokenizer=model.tokenizer)
     direct = path_patch(model, pairs, "logits")
     name_movers = tuple(direct.detected(SD))
@@ -126,6 +144,12 @@ def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
     s_inhibition = tuple(h for h in through_queries.detected(SD) if h not in name_movers)
     through_values = path_patch(model, pairs, [f"{h}.v" for h in s_inhibition]) if s_inhibition else through_queries
     upstream = tuple(h for h in through_values.detected(SD) if h not in name_movers + s_inhibition) if s_inhibition else ()
+    direct_prob = path_patch(model, pairs, "logits", metric="prob")
+    boosters = tuple(h for h in direct_prob.detected(SD) if h not in name_movers)
+    through_booster_values = (
+        path_patch(model, pairs, [f"{h}.v" for h in boosters], metric="prob") if boosters else direct_prob
+    )
+    booster_inputs = tuple(through_booster_values.detected(SD)) if boosters else ()
     patterns = {
         "end->IO": attention_to(model, pairs, "last", "IO"),
         "end->S1": attention_to(model, pairs, "last", "S1"),
@@ -133,11 +157,12 @@ def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
         "S2->S1": attention_to(model, pairs, "S2", "S1"),
         "S2->S1+1": attention_to(model, pairs, "S2", "S1+1"),
     }
-    heads = tuple(dict.fromkeys(name_movers + negative + s_inhibition + upstream))
+    groups = (name_movers, negative, s_inhibition, upstream, boosters, booster_inputs)
+    heads = tuple(dict.fromkeys(h for group in groups for h in group))
     faithfulness = circuit_patch(model, pairs, Circuit(list(heads)), test="faithfulness").score
     return IOICircuit(
-        direct, through_queries, through_values, name_movers, negative, s_inhibition, upstream, patterns,
-        float(faithfulness), model.n_layers * model.n_heads,
+        direct, through_queries, through_values, direct_prob, through_booster_values, name_movers, negative,
+        s_inhibition, upstream, boosters, booster_inputs, patterns, float(faithfulness), model.n_layers * model.n_heads,
     )
 
 
@@ -180,8 +205,9 @@ def gn_report(model: PatchableModel) -> str:
 
 
 def circuit_figure(circuit: IOICircuit, path: Path, n_layers: int, n_heads: int) -> None:
-    """Heads as dots by layer and index; the circuit's heads coloured by class, with arrows for the measured
-    paths (width proportional to the path-patching effect) from upstream to S-inhibition to name movers."""
+    """Heads as dots by layer and index; the circuit's heads coloured by class (the first that holds them), with
+    arrows for the measured paths (width proportional to the path-patching effect, within each metric) from a
+    sender to each later-layer receiver it acts through, and each direct-path effect printed above its head."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -192,32 +218,45 @@ def circuit_figure(circuit: IOICircuit, path: Path, n_layers: int, n_heads: int)
         return head, layer
 
     classes = (
-        ("duplicate-token / induction", circuit.upstream, "tab:green"),
-        ("S-inhibition", circuit.s_inhibition, "tab:orange"),
-        ("name mover", circuit.name_movers, "tab:blue"),
+        ("name mover (logit difference)", circuit.name_movers, "tab:blue"),
         ("negative head", circuit.negative, "tab:red"),
+        ("S-inhibition", circuit.s_inhibition, "tab:orange"),
+        ("duplicate-token / induction", circuit.upstream, "tab:green"),
+        ("name booster (probability only)", circuit.boosters, "tab:purple"),
+        ("acts through a booster's values", circuit.booster_inputs, "tab:olive"),
     )
-    fig, ax = plt.subplots(figsize=(1.0 + 0.75 * n_heads, 1.0 + 0.8 * n_layers))
+    fig, ax = plt.subplots(figsize=(1.5 + 0.75 * n_heads, 1.4 + 0.8 * n_layers))
     ax.scatter(*zip(*[(h, layer) for layer in range(n_layers) for h in range(n_heads)]), s=60, c="lightgrey", zorder=1)
-    edges = [(circuit.upstream, circuit.s_inhibition, circuit.through_values)]
-    edges.append((circuit.s_inhibition, circuit.name_movers + circuit.negative, circuit.through_queries))
-    widest = max([abs(result[s]) for senders, _, result in edges for s in senders] + [1e-9])
-    for senders, receivers, result in edges:
+    paths = [
+        (circuit.upstream, circuit.s_inhibition, circuit.through_values),
+        (circuit.s_inhibition, circuit.name_movers + circuit.negative, circuit.through_queries),
+        (circuit.booster_inputs, circuit.boosters, circuit.through_booster_values),
+    ]
+    for senders, receivers, result in paths:
+        widest = max([abs(result[s]) for s in senders] + [1e-12])
         for s in senders:
             for r in receivers:
                 (x0, y0), (x1, y1) = xy(s), xy(r)
-                width = 0.5 + 4 * abs(result[s]) / widest
-                ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": width, "color": "0.4"}, zorder=2)
+                if y0 < y1:  # a head acts only through later layers' inputs
+                    width = 0.5 + 4 * abs(result[s]) / widest
+                    ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "lw": width, "color": "0.4"}, zorder=2)
+    drawn: set[str] = set()
     for name, heads, colour in classes:
-        if heads:
-            ax.scatter(*zip(*map(xy, heads)), s=260, c=colour, label=name, zorder=3, edgecolors="black")
-            for h in heads:
+        new = [h for h in heads if h not in drawn]
+        drawn.update(new)
+        if new:
+            ax.scatter(*zip(*map(xy, new)), s=260, c=colour, label=name, zorder=3, edgecolors="black")
+            for h in new:
                 ax.annotate(h, xy(h), ha="center", va="center", fontsize=7, zorder=4)
     for h in circuit.name_movers + circuit.negative:
         x, y = xy(h)
-        ax.annotate(f"{circuit.direct[h]:+.2f}", (x, y + 0.32), ha="center", fontsize=7)
+        ax.annotate(f"LD {circuit.direct[h]:+.2f}", (x, y + 0.32), ha="center", fontsize=7)
+    for h in circuit.boosters:
+        x, y = xy(h)
+        ax.annotate(f"P {circuit.direct_prob[h]:+.3f}", (x, y + 0.32), ha="center", fontsize=7)
     ax.set(xlabel="head", ylabel="layer", xticks=range(n_heads), yticks=range(n_layers), ylim=(-0.6, n_layers - 0.2))
-    ax.set_title(f"IOI circuit by path patching: faithfulness {circuit.faithfulness:.2f}", fontsize=9)
+    title = f"IOI (ABC) by path patching: {len(circuit.heads)} of {circuit.n_heads} heads, faithfulness {circuit.faithfulness:.2f}"
+    ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
