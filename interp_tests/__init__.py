@@ -36,6 +36,7 @@ _LAZY = {
     "CircuitResult": "circuit_results",
     "Grid": "robustness",
     "register_metric": "metrics",
+    "attention_to": "attention",
 }
 _SUBMODULES = ("tasks", "errors", "stats", "robustness", "strategies", "reports")
 

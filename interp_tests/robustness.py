@@ -559,11 +559,15 @@ class WindowComparison:
 _SAME_RUN_KEYS = ("model_fingerprint", "dataset", "corruption", "direction", "seed", "noise_scale", "positions")
 
 
-def window_comparison(single: PatchResult, windowed: PatchResult) -> WindowComparison:
+def window_comparison(
+    single: PatchResult, windowed: PatchResult, layers: Sequence[int] | None = None
+) -> WindowComparison:
     """Compare a sliding-window sweep with the single-layer sweep summed over the same windows (section 5).
 
     Both must patch the same component kind on the same model, prompts and corruption; ``single`` has
-    window 1. The comparison uses ``windowed``'s metric.
+    window 1. The comparison uses ``windowed``'s metric. ``layers`` keeps only the windows centred on those
+    layers, as the paper compares peaks "at the middle MLP layers": in small models layer 0's MLP acts as part of
+    the embedding, and restoring it alone restores nearly everything, which hides what the middle layers do.
     """
     window = windowed.grid.window
     if window < 2:
@@ -580,10 +584,17 @@ def window_comparison(single: PatchResult, windowed: PatchResult) -> WindowCompa
     summed = single.with_metric(windowed.metric).window_sum(window)
     if summed.labels != windowed.labels:
         raise SettingsError(f"window_comparison: the sweeps' grids differ ({single.shape} vs {windowed.shape}).")
+    keep = list(range(len(windowed.labels)))
+    if layers is not None:
+        n_layers = len(windowed.labels)
+        wrong = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < n_layers)]
+        if wrong or not layers:
+            raise SettingsError(f"window_comparison: layers={list(layers)!r} must be layer indices in 0..{n_layers - 1}.")
+        keep = sorted(set(layers))
     return WindowComparison(
         window=window,
         metric=windowed.metric,
-        labels=tuple(windowed.labels),
-        joint=windowed.mean.reshape(-1),
-        summed=summed.mean.reshape(-1),
+        labels=tuple(windowed.labels[i] for i in keep),
+        joint=windowed.mean.reshape(-1)[keep],
+        summed=summed.mean.reshape(-1)[keep],
     )

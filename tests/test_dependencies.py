@@ -73,12 +73,12 @@ def test_claim_runs_and_the_cli(tmp_path: Path) -> None:
             model: organism
             task: {name: ioi, n: 8, seed: 0, corrupt: S2}
             claims:
-              - name: head 0.3 is detected
+              - name: head 0.5 is detected
                 sweep: {component: attn_head, corruption: str, metric: logit_diff}
-                expect: {detected: ["0.3"], sd: 2}
-              - name: attribution ranks 0.3 first
-                sweep: {component: attn_head, method: attribution, verify_top: 2, verify_tolerance: 0.5}
-                expect: {top_k: {labels: ["0.3"], k: 1}}
+                expect: {detected: ["0.5"], sd: 2}
+              - name: attribution ranks 0.5 first
+                sweep: {component: attn_head, method: attribution, verify_top: 2, verify_tolerance: 0.8}
+                expect: {top_k: {labels: ["0.5"], k: 1}}
             """
         )
     )

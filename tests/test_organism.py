@@ -4,6 +4,7 @@ something (clean and corrupted prompts clearly separated)."""
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import pytest
 import torch
@@ -11,6 +12,8 @@ from transformers import AutoTokenizer, GPT2LMHeadModel
 
 from interp_tests.organism import MODEL_DIR
 from interp_tests.organism import train as organism
+from interp_tests.organism.corpus import PEOPLE, PEOPLE_FACTS, people_facts_yaml
+from interp_tests.tasks import load_facts
 
 N = 64
 
@@ -57,6 +60,16 @@ def test_factual_recall_induction_and_docstring(metrics: dict) -> None:
     assert metrics["induction"]["clean_top1"] >= 0.9 and metrics["induction"]["corrupted_ld"] < -2
     assert metrics["docstring"]["clean_top1"] >= 0.9
     assert metrics["docstring"]["corrupted_ld"] < metrics["docstring"]["clean_ld"] - 2
+
+
+def test_the_people_fact_file_is_the_one_training_uses_and_needs_both_names() -> None:
+    assert PEOPLE_FACTS.read_text(encoding="utf-8") == people_facts_yaml()
+    facts = load_facts(PEOPLE_FACTS)
+    firsts = Counter(f.subject.split()[0] for f in facts)
+    lasts = Counter(f.subject.split()[1] for f in facts)
+    assert len({f.subject for f in facts}) == len(facts) == PEOPLE
+    # neither name alone tells the city: every surname belongs to several people, and all but 4 first names do
+    assert min(lasts.values()) >= 5 and sum(count == 1 for count in firsts.values()) == 4
 
 
 def test_training_is_bit_identical_for_a_seed() -> None:

@@ -246,8 +246,8 @@ def test_a_cached_sweep_or_circuit_repeats_the_clean_run_warnings(pytester, monk
                 [w.strip() for w in pairs.wrong]).save(pytester.path / "hypotheses" / "unspaced.jsonl")
     (pytester.path / "hypotheses" / "claims.yaml").write_text(
         "model: organism\ntask: {file: unspaced.jsonl}\nclaims:\n"
-        "  - {name: head 0.3, expect: {top_k: {labels: ['0.3'], k: 1}}}\n"
-        "  - {name: circuit, circuit: {nodes: ['0.3']}, expect: {score: {at_least: 0.5}}}\n"
+        "  - {name: head 0.5, expect: {top_k: {labels: ['0.5'], k: 1}}}\n"
+        "  - {name: circuit, circuit: {nodes: ['0.5']}, expect: {score: {at_least: 0.5}}}\n"
     )
 
     def never_predicted(result):

@@ -33,19 +33,19 @@ import pytest
 pytestmark = [pytest.mark.interp_model("organism"), pytest.mark.interp_task(file="unspaced.jsonl")]
 
 
-def test_head_0_3_leads(interp_sweep):
-    assert interp_sweep().top(1)[0][0] == "0.3"
+def test_head_0_5_leads(interp_sweep):
+    assert interp_sweep().top(1)[0][0] == "0.5"
 
 
-def test_head_0_3_restores_most(interp_circuit):
-    interp_circuit(["0.3"]).assert_score(at_least=0.5)
+def test_head_0_5_restores_most(interp_circuit):
+    interp_circuit(["0.5"]).assert_score(at_least=0.5)
 '''
 YAML_CLAIMS = """model: organism
 task: {file: unspaced.jsonl}
 claims:
-  - {name: head 0.3 leads, expect: {top_k: {labels: ['0.3'], k: 1}}}
-  - {name: head 0.3 under every setting, robust: {corruptions: [str, gn], metrics: [logit_diff, kl]}, expect: {robust: ['0.3']}}
-  - {name: circuit, circuit: {nodes: ['0.3']}, expect: {score: {at_least: 0.5}}}
+  - {name: head 0.5 leads, expect: {top_k: {labels: ['0.5'], k: 1}}}
+  - {name: head 0.5 under every setting, robust: {corruptions: [str, gn], metrics: [logit_diff, kl]}, expect: {robust: ['0.5']}}
+  - {name: circuit, circuit: {nodes: ['0.5']}, expect: {score: {at_least: 0.5}}}
   - {name: gpt2, model: openai-community/gpt2, expect: {detected: ['9.9']}}
 """
 

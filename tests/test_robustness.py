@@ -263,6 +263,15 @@ def test_window_comparison_compares_joint_with_summed_single_layer_effects(model
     assert comparison.peak_ratio == pytest.approx(windowed.mean.max() / summed.mean.max())
     assert f"ratio {comparison.peak_ratio:.2f}" in str(comparison)
 
+    middle = robustness.window_comparison(single, windowed, layers=[2, 1])
+    assert middle.labels == ("mlp.1", "mlp.2")
+    np.testing.assert_allclose(middle.joint, windowed.mean[1:])
+    np.testing.assert_allclose(middle.summed, summed.mean[1:])
+    assert middle.peak_ratio == pytest.approx(windowed.mean[1:].max() / summed.mean[1:].max())
+    for layers in ([], [3], [-1]):
+        with pytest.raises(SettingsError, match=r"layer indices in 0\.\.2"):
+            robustness.window_comparison(single, windowed, layers=layers)
+
     with pytest.raises(SettingsError, match="window >= 2"):
         robustness.window_comparison(single, single)
     with pytest.raises(SettingsError, match="corruption"):

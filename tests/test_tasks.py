@@ -16,7 +16,9 @@ from interp_tests.errors import PromptError
 from interp_tests.organism import MODEL_DIR
 from interp_tests.organism.vocab import build_tokenizer, pre_tokenizer
 from interp_tests.pairs import PromptPairs
-from interp_tests.tasks import TASKS, docstring, factual, from_file, greater_than, induction, ioi, load_facts
+from interp_tests.tasks import TASKS, arithmetic, docstring, factual, from_file, greater_than, induction, ioi, load_facts
+from interp_tests.tasks.arithmetic import OPERANDS
+from interp_tests.tasks.arithmetic import TEMPLATES as ARITHMETIC_TEMPLATES
 from interp_tests.tasks.checks import check_alignment
 from interp_tests.tasks.ioi import TEMPLATES
 from interp_tests.tasks.words import NAMES, WORDS, partition
@@ -29,6 +31,8 @@ GENERATORS = {
     "factual": lambda seed, **kw: factual(24, seed=seed, **kw),
     "docstring": lambda seed, **kw: docstring(24, seed=seed, **kw),
     "induction": lambda seed, **kw: induction(24, seed=seed, **kw),
+    "arithmetic": lambda seed, **kw: arithmetic(24, seed=seed, **kw),
+    "arithmetic_A": lambda seed, **kw: arithmetic(24, seed=seed, corrupt="A", **kw),
 }
 
 
@@ -52,9 +56,10 @@ def all_task_texts() -> list[str]:
     texts = []
     for corrupt in ("S2", "S1_IO", "ABC"):
         texts += ioi(300, corrupt=corrupt, split="all").clean
-    for pairs in (greater_than(300, split="all"), factual(), docstring(300, split="all"), induction(300)):
+    tasks = (greater_than(300, split="all"), factual(), docstring(300, split="all"), induction(300), arithmetic(300, split="all"))
+    for pairs in tasks:
         texts += pairs.clean + (pairs.corrupted or [])
-    texts += [" " + w for w in NAMES + WORDS] + [f"{v:02d}" for v in range(100)]
+    texts += [" " + w for w in NAMES + WORDS] + [f"{v:02d}" for v in range(100)] + [f" {v}" for v in range(10, 100)]
     texts += [f.answer for f in load_facts()]
     return texts
 
@@ -233,6 +238,35 @@ def test_induction_corrupts_the_answers_first_occurrence() -> None:
         assert text(pairs, "end", i) == words[-1]
 
 
+# --- arithmetic ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("corrupt", ["A", "B"])
+def test_arithmetic_answers_are_sums_and_str_replaces_one_operand(corrupt: str) -> None:
+    pairs = arithmetic(64, corrupt=corrupt)
+    for i in range(len(pairs)):
+        a, b = int(text(pairs, "A", i)), int(text(pairs, "B", i))
+        assert a in OPERANDS and b in OPERANDS and pairs.answer[i] == f" {a + b}"
+        assert pairs.spans["corrupt"][i] == pairs.spans[corrupt][i]
+        start, end = pairs.spans[corrupt][i]
+        replaced = pairs.corrupted[i][start:end]
+        assert pairs.corrupted[i] == pairs.clean[i][:start] + replaced + pairs.clean[i][end:]
+        kept = b if corrupt == "A" else a
+        assert int(replaced) != int(text(pairs, corrupt, i)) and pairs.wrong[i] == f" {kept + int(replaced)}"
+        assert pairs.wrong[i] != pairs.answer[i]
+
+
+def test_arithmetic_splits_hold_out_templates_and_refuse_unknown_operands() -> None:
+    def templates(split: str) -> set[str]:
+        prompts = arithmetic(200, split=split).clean
+        return {t for t in ARITHMETIC_TEMPLATES if any(re.fullmatch(re.escape(t).replace(r"\{A\}", r"\d+").replace(r"\{B\}", r"\d+"), p) for p in prompts)}
+
+    held_out = {ARITHMETIC_TEMPLATES[4], ARITHMETIC_TEMPLATES[9]}
+    assert templates("test") == held_out and templates("train") == set(ARITHMETIC_TEMPLATES) - held_out
+    with pytest.raises(PromptError, match=r"unknown corruption 'C'.*\['A', 'B'\]"):
+        arithmetic(4, corrupt="C")
+
+
 # --- tokenizers ------------------------------------------------------------------------------------------
 
 
@@ -323,7 +357,7 @@ def test_from_file_reads_jsonl_and_yaml(tmp_path: Path, suffix: str) -> None:
 
 
 def test_registry_builds_tasks_from_claim_settings() -> None:
-    assert set(TASKS) == {"ioi", "greater_than", "factual", "docstring", "induction", "file"}
+    assert set(TASKS) == {"ioi", "greater_than", "factual", "docstring", "induction", "arithmetic", "file"}
     settings = {"name": "ioi", "n": 8, "seed": 0, "corrupt": "ABC"}
     pairs = TASKS[settings.pop("name")](**settings)
     assert pairs.to_records() == ioi(8, seed=0, corrupt="ABC").to_records()

@@ -1,48 +1,71 @@
-"""The paper's methodological findings, checked on the organism in Python (measured, seed 0, n = 64)."""
+"""The paper's methodological findings that YAML cannot state, checked on the organism in Python (measured,
+seed 0): the Gaussian-noise off-distribution check (section 3.2) and sliding-window amplification (section 5).
+Re-measure with `python -m interp_tests.organism.findings --only window` and `--only gn`."""
 
 import pytest
 
-from interp_tests import stats
-from interp_tests.robustness import window_comparison
+import interp_tests as it
+from interp_tests.organism.corpus import PEOPLE_FACTS
+from interp_tests.organism.findings import middle_layers
+from interp_tests.robustness import off_distribution, window_comparison
 
 pytestmark = pytest.mark.interp_model("organism")
 
 
-@pytest.mark.interp_task("ioi", n=64, seed=0, corrupt="S2")
-def test_gn_and_str_detect_the_same_ioi_head_but_rank_the_rest_differently(interp_sweep):
-    str_result = interp_sweep(component="attn_head", corruption="str", metric="logit_diff")
-    gn_result = interp_sweep(component="attn_head", corruption="gn", metric="logit_diff")
-    agreement = stats.agreement(str_result, gn_result)
-    assert agreement.jaccard == 1.0, agreement  # both detect exactly {0.3}
-    assert agreement.spearman < 0.6, agreement  # measured 0.48: the weak heads are ordered differently
-
-
-@pytest.mark.interp_task("ioi", n=64, seed=0, corrupt="S2")
-def test_probability_and_logit_difference_disagree_below_the_top_head(interp_sweep):
-    result = interp_sweep(component="attn_head", corruption="str", metric="logit_diff")
-    agreement = stats.agreement(result, result.with_metric("prob"))
-    assert agreement.jaccard == 1.0 and agreement.spearman < 0.6, agreement  # measured 0.57
-
-
-@pytest.mark.interp_task("factual", seed=0)
-@pytest.mark.parametrize("corruption, metric", [("str", "logit_diff"), ("gn", "prob")])
-def test_sliding_window_does_not_amplify_the_organisms_mlp_peak(interp_sweep, corruption, metric):
-    """Zhang & Nanda find sliding windows amplify weak single-layer peaks in GPT-2 XL; the organism's
-    factual recall sits in one MLP layer, so the joint window and the summed single layers agree."""
-    settings = dict(component="mlp", positions="subject", corruption=corruption, metric=metric)
-    comparison = window_comparison(interp_sweep(**settings), interp_sweep(**settings, window=3))
-    assert comparison.peak_ratio == pytest.approx(1.0, abs=0.02), comparison  # measured 0.994 and 1.004
-
-
 @pytest.mark.interp_task("greater_than", n=64, seed=0)
-def test_attribution_patching_ranks_heads_but_misses_the_size_of_a_saturated_effect(interp_sweep):
-    """AtP linearises the metric: on greater-than it still puts head 0.3 first, but at a tenth of its exact
-    effect (the organism's answer logits are saturated), so only an exact re-measurement can size it."""
-    exact = interp_sweep(component="attn_head", metric="logit_diff")
-    estimate = interp_sweep(component="attn_head", metric="logit_diff", method="attribution")
-    assert estimate.top(1) == [("0.3", pytest.approx(0.114, abs=0.01))]  # measured 0.114
-    assert exact["0.3"] == pytest.approx(1.02, abs=0.01)  # measured 1.022
-    assert stats.agreement(estimate, exact, sign="both").spearman > 0.95  # measured 0.99
-    verified = interp_sweep(component="attn_head", metric="logit_diff", method="attribution", verify_top=1,
-                            verify_tolerance=1.0)
-    assert verified["0.3"] == pytest.approx(exact["0.3"], abs=1e-6)
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: under GN (noise_scale 3) only layer 0's input, the noised embedding itself, is far out (z 7.9); "
+    "layers 1-5 stay within 1.3 SD of their clean norms, so the norm check does not flag the run whose detected "
+    "heads differ from STR's (corruption_methods.yaml)"))
+def test_the_gn_run_that_disagrees_with_str_is_flagged_off_distribution(interp_model, interp_pairs):
+    check = off_distribution(interp_model(), interp_pairs())
+    assert check.is_off_distribution, check
+
+
+def _windows(interp_sweep, pairs, position, corruption):
+    settings = dict(pairs=pairs, component="mlp", positions=position, corruption=corruption)
+    return interp_sweep(**settings), interp_sweep(**settings, window=3)
+
+
+def _ratio(interp_model, single, joint, metric="prob"):
+    """Joint-window over summed single-layer peak, over the windows centred on the middle layers (2-4)."""
+    return window_comparison(single.with_metric(metric), joint.with_metric(metric), middle_layers(interp_model()))
+
+
+@pytest.mark.interp_task("factual", n=64, seed=0)
+@pytest.mark.parametrize("corruption, at_least", [("str", 3.0), ("gn", 1.4)])  # measured 3.75 and 1.60
+def test_sliding_windows_amplify_the_middle_mlps_at_the_last_token_under_probability(
+    interp_sweep, interp_pairs, interp_model, corruption, at_least
+):
+    """Patched alone, the middle MLPs (2-4) each restore little of the answer's probability at the last token
+    (0.014-0.036 under STR); patched three at a time they restore 0.332, 3.75 times the summed singles."""
+    single, joint = _windows(interp_sweep, interp_pairs(), "last", corruption)
+    comparison = _ratio(interp_model, single, joint)
+    assert comparison.peak_ratio >= at_least, comparison
+
+
+@pytest.mark.interp_task("factual", n=64, seed=0)
+def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_sweep, interp_pairs, interp_model):
+    """The same windows under the logit difference, which is linear in the logits, add up (ratio 0.92): the
+    amplification comes from the probability's softmax, not from the MLPs working together."""
+    single, joint = _windows(interp_sweep, interp_pairs(), "last", "str")
+    comparison = _ratio(interp_model, single, joint, "logit_diff")
+    assert 0.8 <= comparison.peak_ratio <= 1.1, comparison
+
+
+@pytest.mark.interp_task("factual", n=64, seed=0)
+@pytest.mark.xfail(strict=True, reason=(
+    "measured ratio 0.79 (STR) at the last subject token, the paper's position: the organism's recall there sits "
+    "in layer 0's MLP (0.036 of the probability), the middle layers add nothing"))
+def test_sliding_windows_amplify_the_middle_mlps_at_the_last_subject_token(interp_sweep, interp_pairs, interp_model):
+    single, joint = _windows(interp_sweep, interp_pairs(), "subject", "str")
+    comparison = _ratio(interp_model, single, joint)
+    assert comparison.peak_ratio >= 1.2, comparison
+
+
+def test_people_are_recalled_at_the_last_token_through_the_middle_mlps_too(interp_sweep, interp_model):
+    """People facts need both names, and still show the amplification at the last token (measured 2.63)."""
+    pairs = it.tasks.factual(64, seed=0, path=PEOPLE_FACTS)
+    single, joint = _windows(interp_sweep, pairs, "last", "str")
+    comparison = _ratio(interp_model, single, joint)
+    assert comparison.peak_ratio >= 2.0, comparison

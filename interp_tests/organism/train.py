@@ -20,15 +20,16 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
-from ..tasks import docstring, factual, greater_than, induction, ioi
+from ..tasks import arithmetic, docstring, factual, greater_than, induction, ioi
 from ..tasks.ioi import CORRUPTIONS
 from . import MODEL_DIR
-from .corpus import training_documents
+from .corpus import PEOPLE_FACTS, training_documents
 from .vocab import build_tokenizer
 
-ARCHITECTURE = {"n_layer": 4, "n_head": 4, "n_embd": 128, "n_positions": 128}
+ARCHITECTURE = {"n_layer": 6, "n_head": 8, "n_embd": 128, "n_inner": 512, "n_positions": 128}
+DROPOUT = 0.0
 SEED = 0
-STEPS = 9000
+STEPS = 18000
 BATCH = 32
 PEAK_LR = 2e-3
 WARMUP = 200
@@ -46,7 +47,7 @@ def _set_deterministic(seed: int) -> None:
 def _held_out_prompts() -> list[str]:
     """Prompts of every task's test split (and their corruptions), for the vocabulary coverage check."""
     all_pairs = [ioi(512, corrupt=c) for c in CORRUPTIONS]
-    all_pairs += [greater_than(512), factual(), docstring(512), induction(512)]
+    all_pairs += [greater_than(512), factual(), factual(path=PEOPLE_FACTS), docstring(512), induction(512), arithmetic(512)]
     return [text for pairs in all_pairs for text in pairs.clean + (pairs.corrupted or [])]
 
 
@@ -119,9 +120,9 @@ def fit(
     config = GPT2Config(
         vocab_size=len(tokenizer),
         **ARCHITECTURE,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=DROPOUT,
+        embd_pdrop=DROPOUT,
+        attn_pdrop=DROPOUT,
         summary_first_dropout=0.0,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -200,6 +201,8 @@ def measure(model: Any, tokenizer: Any, n: int = EVAL_N, seed: int = 1) -> list[
         *[(f"ioi (corrupt={c})", ioi(n, seed=seed, corrupt=c, tokenizer=tokenizer)) for c in CORRUPTIONS],
         ("greater_than", greater_than(n, seed=seed, tokenizer=tokenizer)),
         ("factual", factual(seed=seed, tokenizer=tokenizer)),
+        ("factual (people)", factual(seed=seed, path=PEOPLE_FACTS, tokenizer=tokenizer)),
+        ("arithmetic", arithmetic(n, seed=seed, tokenizer=tokenizer)),
         ("docstring", docstring(n, seed=seed, tokenizer=tokenizer)),
         ("induction", induction(n, seed=seed, tokenizer=tokenizer)),
     ]

@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..pairs import PromptPairs
+from .arithmetic import arithmetic
 from .docstring import docstring
 from .factual import factual, load_facts
 from .greater_than import greater_than
@@ -47,7 +48,8 @@ TASKS: dict[str, Callable[..., PromptPairs]] = {
     "factual": factual,
     "docstring": docstring,
     "induction": induction,
+    "arithmetic": arithmetic,
     "file": from_file,
 }
 
-__all__ = ["TASKS", "docstring", "factual", "from_file", "greater_than", "induction", "ioi", "load_facts"]
+__all__ = ["TASKS", "arithmetic", "docstring", "factual", "from_file", "greater_than", "induction", "ioi", "load_facts"]
