@@ -33,7 +33,7 @@ from interp_tests.testing import ioi_pairs, orient_answers
 pytestmark = pytest.mark.ndif
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples" / "ndif"
+EXAMPLES = ROOT / "hypotheses" / "ndif"
 ATOL = 1e-6
 # Heads of the claims below: layer 0 and layer 1 of both tiny models (2 layers x 4 heads).
 NODES = ["0.1", "0.3", "1.1"]
@@ -165,8 +165,8 @@ def test_the_readme_remote_example_runs_as_written(ndif_server, tmp_path):
     server_block, client_block = readme_blocks()
     env_file = re.search(r"^\. (\S+)", client_block, re.MULTILINE)[1]
     assert f"python tests/ndif_server.py {env_file}" in server_block
-    (tmp_path / "examples").mkdir()
-    shutil.copytree(EXAMPLES, tmp_path / "examples" / "ndif")
+    (tmp_path / "hypotheses").mkdir()
+    shutil.copytree(EXAMPLES, tmp_path / "hypotheses" / "ndif")
     (tmp_path / env_file).write_text(env_lines(ndif_server))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}

@@ -27,29 +27,29 @@ def _windows(interp_sweep, pairs, position, corruption):
     return interp_sweep(**settings), interp_sweep(**settings, window=3)
 
 
-def _ratio(interp_model, single, joint, metric="prob"):
+def _ratio(single, joint, metric="prob"):
     """Joint-window over summed single-layer peak, over the windows centred on the middle layers (2-4)."""
-    return window_comparison(single.with_metric(metric), joint.with_metric(metric), middle_layers(interp_model()))
+    return window_comparison(single.with_metric(metric), joint.with_metric(metric), middle_layers(single.grid.n_layers))
 
 
 @pytest.mark.interp_task("factual", n=64, seed=0)
 @pytest.mark.parametrize("corruption, at_least", [("str", 3.0), ("gn", 1.4)])  # measured 3.75 and 1.60
 def test_sliding_windows_amplify_the_middle_mlps_at_the_last_token_under_probability(
-    interp_sweep, interp_pairs, interp_model, corruption, at_least
+    interp_sweep, interp_pairs, corruption, at_least
 ):
     """Patched alone, the middle MLPs (2-4) each restore little of the answer's probability at the last token
     (0.014-0.036 under STR); patched three at a time they restore 0.332, 3.75 times the summed singles."""
     single, joint = _windows(interp_sweep, interp_pairs(), "last", corruption)
-    comparison = _ratio(interp_model, single, joint)
+    comparison = _ratio(single, joint)
     assert comparison.peak_ratio >= at_least, comparison
 
 
 @pytest.mark.interp_task("factual", n=64, seed=0)
-def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_sweep, interp_pairs, interp_model):
+def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_sweep, interp_pairs):
     """The same windows under the logit difference, which is linear in the logits, add up (ratio 0.92): the
     amplification comes from the probability's softmax, not from the MLPs working together."""
     single, joint = _windows(interp_sweep, interp_pairs(), "last", "str")
-    comparison = _ratio(interp_model, single, joint, "logit_diff")
+    comparison = _ratio(single, joint, "logit_diff")
     assert 0.8 <= comparison.peak_ratio <= 1.1, comparison
 
 
@@ -57,15 +57,15 @@ def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_
 @pytest.mark.xfail(strict=True, reason=(
     "measured ratio 0.79 (STR) at the last subject token, the paper's position: the organism's recall there sits "
     "in layer 0's MLP (0.036 of the probability), the middle layers add nothing"))
-def test_sliding_windows_amplify_the_middle_mlps_at_the_last_subject_token(interp_sweep, interp_pairs, interp_model):
+def test_sliding_windows_amplify_the_middle_mlps_at_the_last_subject_token(interp_sweep, interp_pairs):
     single, joint = _windows(interp_sweep, interp_pairs(), "subject", "str")
-    comparison = _ratio(interp_model, single, joint)
+    comparison = _ratio(single, joint)
     assert comparison.peak_ratio >= 1.2, comparison
 
 
-def test_people_are_recalled_at_the_last_token_through_the_middle_mlps_too(interp_sweep, interp_model):
+def test_people_are_recalled_at_the_last_token_through_the_middle_mlps_too(interp_sweep):
     """People facts need both names, and still show the amplification at the last token (measured 2.63)."""
     pairs = it.tasks.factual(64, seed=0, path=PEOPLE_FACTS)
     single, joint = _windows(interp_sweep, pairs, "last", "str")
-    comparison = _ratio(interp_model, single, joint)
+    comparison = _ratio(single, joint)
     assert comparison.peak_ratio >= 2.0, comparison

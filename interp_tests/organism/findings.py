@@ -166,9 +166,9 @@ def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
     )
 
 
-def middle_layers(model: PatchableModel) -> list[int]:
+def middle_layers(n_layers: int) -> list[int]:
     """Centres of the 3-layer windows that leave out the first and last MLP: the paper's "middle MLP layers"."""
-    return list(range(2, model.n_layers - 1))
+    return list(range(2, n_layers - 1))
 
 
 def window_report(model: PatchableModel) -> str:
@@ -185,7 +185,7 @@ def window_report(model: PatchableModel) -> str:
                 single = patch(model, pairs, "mlp", corruption, positions=position)
                 joint = patch(model, pairs, "mlp", corruption, positions=position, window=3)
                 for metric in ("prob", "logit_diff"):
-                    c = window_comparison(single.with_metric(metric), joint.with_metric(metric), middle_layers(model))
+                    c = window_comparison(single.with_metric(metric), joint.with_metric(metric), middle_layers(model.n_layers))
                     effects = " ".join(f"{e:.3f}" for e in single.with_metric(metric).mean)
                     lines.append(
                         f"| {label} | {position} | {corruption.upper()} | {metric} | {effects} | {c.peak_joint:.3f} | "
