@@ -12,7 +12,7 @@ replacement (STR), denoising, and the normalised logit difference of batch means
 * ``resid``: the residual stream before every layer at every position, same model and pairs:
   ``patch(model, pairs, "resid", positions="each")`` against ``get_act_patch_resid_pre`` (12 x 16 = 192
   hooked passes);
-* ``organism``: the 16-head sweep, all positions, on the organism (``load_model("organism")``, a trained
+* ``organism``: the all-heads sweep (48 heads), all positions, on the organism (``load_model("organism")``, a trained
   4-layer x 4-head GPT-2, d_model 128, vocabulary 1074; TransformerLens boots it from
   ``interp_tests/organism/model/``) and its IOI task: ``patch(model, pairs, "attn_head")`` against
   ``get_act_patch_attn_head_out_all_pos``. TransformerLens reads the logits at the last position, so every
@@ -227,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     for sweep in selected:
         if sweep.name == "organism":
             print(
-                f"organism: 4 layers x 4 heads, d_model 128, vocab {len(sweep.model.tokenizer)}; {len(sweep.pairs)} "
+                f"organism: {sweep.model.n_layers} layers x {sweep.model.n_heads} heads, d_model {sweep.model.shape.d_model}, "
+                f"vocab {len(sweep.model.tokenizer)}; {len(sweep.pairs)} "
                 f"IOI pairs of {sweep.tokens.seq_len} tokens, STR at S2; bridge vs HF logits max |diff| / max |logit| = "
                 f"{logits_error(sweep):.3g}"
             )

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.interp_model("organism"), pytest.mark.interp_task("ioi
 
 
 def test_head_0_5_attends_from_the_end_to_s2_and_writes_to_the_logits(interp_model, interp_pairs, interp_path):
+    """A class identified by its attention pattern and by path patching (section 3: path patching is needed)."""
     pairs = interp_pairs()
     assert it.attention_to(interp_model(), pairs, "last", "S2")["0.5"] >= 0.8  # measured 0.909
     assert it.attention_to(interp_model(), pairs, "last", "IO")["0.5"] <= 0.05  # measured 0.014
@@ -25,6 +26,7 @@ def test_head_0_5_attends_from_the_end_to_s2_and_writes_to_the_logits(interp_mod
 
 
 def test_head_0_3_attends_to_both_names_alike(interp_model, interp_pairs):
+    """A second class, whose direct path only the probability sees (section 4: metrics see different heads)."""
     pairs = interp_pairs()
     to_io, to_s1, to_s2 = (it.attention_to(interp_model(), pairs, "last", key)["0.3"] for key in ("IO", "S1", "S2"))
     assert to_io >= 0.35 and to_s1 >= 0.35, (to_io, to_s1)  # measured 0.436 and 0.438
@@ -32,6 +34,7 @@ def test_head_0_3_attends_to_both_names_alike(interp_model, interp_pairs):
 
 
 def test_two_of_the_48_heads_are_a_faithful_circuit(interp_circuit):
+    """Faithfulness >= 0.8 for at most a quarter of the heads (Wang et al. 2023, section 4)."""
     interp_circuit(["0.5", "0.3"], test="faithfulness").assert_score(at_least=0.9)  # measured 0.952
     interp_circuit(["0.5"], test="faithfulness").assert_score(at_most=0.75)  # measured 0.683: 0.3 is needed
 
@@ -43,6 +46,7 @@ def test_two_of_the_48_heads_are_a_faithful_circuit(interp_circuit):
     "to no name (0.00), so no attention pattern identifies it. Tried: 6 layers x 8 heads, 20k IOI variants naming IO "
     "twice (see the model card)"))
 def test_path_patching_finds_three_classes_of_heads_in_a_faithful_quarter_of_the_heads(interp_model):
+    """The IOI circuit's composition, as Wang et al. (2023, section 3) find it in GPT-2 and section 3 patches it."""
     circuit = ioi_circuit(interp_model(), n=32)
     assert len(circuit.classes) >= 3, circuit.report()
     assert len(circuit.heads) <= circuit.n_heads // 4 and circuit.faithfulness >= 0.8, circuit.report()

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.interp_model("organism")
     "layers 1-5 stay within 1.3 SD of their clean norms, so the norm check does not flag the run whose detected "
     "heads differ from STR's (corruption_methods.yaml)"))
 def test_the_gn_run_that_disagrees_with_str_is_flagged_off_distribution(interp_model, interp_pairs):
+    """Section 3.2: the GN run of corruption_methods.yaml, whose detected heads differ from STR's."""
     check = off_distribution(interp_model(), interp_pairs())
     assert check.is_off_distribution, check
 
@@ -37,7 +38,7 @@ def _ratio(single, joint, metric="prob"):
 def test_sliding_windows_amplify_the_middle_mlps_at_the_last_token_under_probability(
     interp_sweep, interp_pairs, corruption, at_least
 ):
-    """Patched alone, the middle MLPs (2-4) each restore little of the answer's probability at the last token
+    """Section 5. Patched alone, the middle MLPs (2-4) each restore little of the answer's probability at the last token
     (0.014-0.036 under STR); patched three at a time they restore 0.332, 3.75 times the summed singles."""
     single, joint = _windows(interp_sweep, interp_pairs(), "last", corruption)
     comparison = _ratio(single, joint)
@@ -46,7 +47,7 @@ def test_sliding_windows_amplify_the_middle_mlps_at_the_last_token_under_probabi
 
 @pytest.mark.interp_task("factual", n=64, seed=0)
 def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_sweep, interp_pairs):
-    """The same windows under the logit difference, which is linear in the logits, add up (ratio 0.92): the
+    """Section 5. The same windows under the logit difference, which is linear in the logits, add up (ratio 0.92): the
     amplification comes from the probability's softmax, not from the MLPs working together."""
     single, joint = _windows(interp_sweep, interp_pairs(), "last", "str")
     comparison = _ratio(single, joint, "logit_diff")
@@ -58,13 +59,14 @@ def test_the_amplification_is_the_probabilitys_not_the_logit_differences(interp_
     "measured ratio 0.79 (STR) at the last subject token, the paper's position: the organism's recall there sits "
     "in layer 0's MLP (0.036 of the probability), the middle layers add nothing"))
 def test_sliding_windows_amplify_the_middle_mlps_at_the_last_subject_token(interp_sweep, interp_pairs):
+    """Section 5, at the paper's position (Meng et al.'s last subject token)."""
     single, joint = _windows(interp_sweep, interp_pairs(), "subject", "str")
     comparison = _ratio(single, joint)
     assert comparison.peak_ratio >= 1.2, comparison
 
 
 def test_people_are_recalled_at_the_last_token_through_the_middle_mlps_too(interp_sweep):
-    """People facts need both names, and still show the amplification at the last token (measured 2.63)."""
+    """Section 5. People facts need both names, and still show the amplification at the last token (measured 2.63)."""
     pairs = it.tasks.factual(64, seed=0, path=PEOPLE_FACTS)
     single, joint = _windows(interp_sweep, pairs, "last", "str")
     comparison = _ratio(single, joint)
