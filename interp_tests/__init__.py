@@ -23,7 +23,8 @@ _LAZY = {
     "path_patch": "paths",
     "PatchResult": "results",
     "evaluate": "evaluation",
-    "Evaluation": "evaluation",
+    "Evaluation": "readings",
+    "AttentionScores": "readings",
     "ClaimError": "claims",
     "grid": "robustness",
     "Circuit": "circuits",
@@ -52,10 +53,11 @@ if TYPE_CHECKING:
     from .edge_results import EdgeScores
     from .claims import ClaimError
     from .errors import InterpError, InterpWarning
-    from .evaluation import Evaluation, evaluate
+    from .evaluation import evaluate
     from .metrics import register_metric
     from .models import PatchableModel, load_model
     from .pairs import PromptPairs
+    from .readings import AttentionScores, Evaluation
     from .patching import patch
     from .paths import path_patch
     from .results import PatchResult

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -20,46 +19,10 @@ from .engine import Pairs, eval_mode, tokenize
 from .errors import SettingsError, UnsupportedArchitectureError
 from .models import PatchableModel
 from .pairs import TokenizedPairs
+from .readings import AttentionScores
 
 PREVIOUS = "previous"  # key position: the token just before the query position
 _OFFSET = re.compile(r"^(?P<name>.+?)(?P<offset>[+-]\d+)$")  # "S1+1": the token after S1's last token
-
-
-@dataclass(frozen=True, eq=False)
-class AttentionScores:
-    """Mean attention weight of every head from ``query`` to ``key``: ``mean[layer, head]``, as sweeps shape it."""
-
-    query: str
-    key: str
-    mean: np.ndarray  # [n_layers, n_heads]
-    per_prompt: np.ndarray  # [n_prompts, n_layers, n_heads]
-
-    @property
-    def labels(self) -> list[str]:
-        return [f"{layer}.{head}" for layer in range(self.mean.shape[0]) for head in range(self.mean.shape[1])]
-
-    def __getitem__(self, label: str) -> float:
-        layer, head = _parse_head(label, self.mean.shape)
-        return float(self.mean[layer, head])
-
-    def top(self, k: int = 5) -> list[tuple[str, float]]:
-        """The ``k`` heads attending most from ``query`` to ``key``, with their mean weights."""
-        order = np.argsort(-self.mean.reshape(-1), kind="stable")[:k]
-        return [(self.labels[i], float(self.mean.reshape(-1)[i])) for i in order]
-
-    def __str__(self) -> str:
-        rows = ", ".join(f"{label} {weight:.2f}" for label, weight in self.top(5))
-        return f"attention {self.query} -> {self.key} over {len(self.per_prompt)} prompts, top heads: {rows}"
-
-
-def _parse_head(label: str, shape: tuple[int, ...]) -> tuple[int, int]:
-    parts = label.split(".")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts):
-        raise SettingsError(f"{label!r} is not a head label; heads are 'L.H', e.g. '1.2'.")
-    layer, head = int(parts[0]), int(parts[1])
-    if layer >= shape[0] or head >= shape[1]:
-        raise SettingsError(f"head {label!r} is outside this model's {shape[0]} layers x {shape[1]} heads.")
-    return layer, head
 
 
 def _position(tokens: TokenizedPairs, name: str) -> torch.Tensor:

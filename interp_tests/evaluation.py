@@ -2,41 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
 from .corruptions import DEFAULT_NOISE_SCALE, Corruption, RunInput, corrupted_input
 from .metrics import AnswerReader
 from .models import PatchableModel
+from .readings import Evaluation
 from .engine import Pairs, eval_mode, run, tokenize
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """Task performance on clean prompts and, when they can be built, corrupted ones."""
-
-    n_prompts: int
-    accuracy: float
-    clean_logit_diff: float
-    clean_prob: float
-    corrupted_logit_diff: float | None
-    corrupted_prob: float | None
-    corrupted_skipped: str | None = None  # why the corrupted run did not run, when it was asked for
-
-    def __str__(self) -> str:
-        lines = [
-            f"prompts              {self.n_prompts}",
-            f"top-1 accuracy       {self.accuracy:.3f}",
-            f"clean logit diff     {self.clean_logit_diff:.3f}",
-            f"clean P(answer)      {self.clean_prob:.3f}",
-        ]
-        if self.corrupted_logit_diff is not None:
-            lines.append(f"corrupted logit diff {self.corrupted_logit_diff:.3f}")
-            lines.append(f"corrupted P(answer)  {self.corrupted_prob:.3f}")
-        if self.corrupted_skipped is not None:
-            lines.append("corrupted run        skipped: " + self.corrupted_skipped.replace("\n", "\n  "))
-        return "\n".join(lines)
 
 
 def evaluate(

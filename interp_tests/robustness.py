@@ -515,6 +515,12 @@ def off_distribution(
     )
 
 
+def middle_layers(n_layers: int) -> list[int]:
+    """Centres of the 3-layer windows that leave out the first and last MLP: the paper's "middle MLP layers"
+    (section 5), for ``window_comparison(..., layers=)``."""
+    return list(range(2, n_layers - 1))
+
+
 @dataclass(frozen=True, eq=False)
 class WindowComparison:
     """Sliding-window (joint) effects next to summed single-layer effects over the same windows.

@@ -39,6 +39,12 @@ def test_head_0_5_leads(interp_sweep):
 
 def test_head_0_5_restores_most(interp_circuit):
     interp_circuit(["0.5"]).assert_score(at_least=0.5)
+
+
+def test_attention_evaluation_and_the_gn_check_are_cached_too(interp_attention, interp_evaluate, interp_off_distribution):
+    assert interp_attention("last", "previous").mean.shape == (6, 8)
+    assert interp_evaluate(corruption=None).accuracy == 0.0  # answers without their space are never predicted
+    assert not interp_off_distribution().is_off_distribution
 '''
 YAML_CLAIMS = """model: organism
 task: {file: unspaced.jsonl}
@@ -78,7 +84,7 @@ def test_a_warm_run_imports_no_torch_and_repeats_the_outcomes_and_warnings(pytes
 
     def run() -> pytest.RunResult:
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "always::interp_tests.errors.InterpWarning", "-s")
-        result.assert_outcomes(passed=5, skipped=1)
+        result.assert_outcomes(passed=6, skipped=1)
         return result
 
     cold = run()
@@ -87,7 +93,7 @@ def test_a_warm_run_imports_no_torch_and_repeats_the_outcomes_and_warnings(pytes
     output = warm.stdout.str()
     assert re.search(r"^imported=$", output, re.MULTILINE), output
     assert "sweeps: 0 computed" in output and "from the cache" in output
-    assert claims_table(output) == claims_table(cold.stdout.str()) and len(claims_table(output)) == 6
+    assert claims_table(output) == claims_table(cold.stdout.str()) and len(claims_table(output)) == 7
     assert output.count("never predicts the answer tokens") == cold.stdout.str().count("never predicts the answer tokens") > 0
 
 

@@ -11,26 +11,23 @@ name-mover classes composing) did not emerge; that claim is a strict xfail with 
 
 import pytest
 
-import interp_tests as it
-from interp_tests.organism.findings import ioi_circuit
-
 pytestmark = [pytest.mark.interp_model("organism"), pytest.mark.interp_task("ioi", n=64, seed=0, corrupt="ABC")]
 
 
-def test_head_0_5_attends_from_the_end_to_s2_and_writes_to_the_logits(interp_model, interp_pairs, interp_path):
+def test_head_0_5_attends_from_the_end_to_s2_and_writes_to_the_logits(interp_attention, interp_path):
     """A class identified by its attention pattern and by path patching (section 3: path patching is needed)."""
-    pairs = interp_pairs()
-    assert it.attention_to(interp_model(), pairs, "last", "S2")["0.5"] >= 0.8  # measured 0.909
-    assert it.attention_to(interp_model(), pairs, "last", "IO")["0.5"] <= 0.05  # measured 0.014
+    assert interp_attention("last", "S2")["0.5"] >= 0.8  # measured 0.909
+    assert interp_attention("last", "IO")["0.5"] <= 0.05  # measured 0.014
     interp_path(["logits"]).assert_detected("0.5")  # direct effect 0.683, z 6.82
 
 
-def test_head_0_3_attends_to_both_names_alike(interp_model, interp_pairs):
+def test_head_0_3_attends_to_both_names_alike(interp_attention, interp_path):
     """A second class, whose direct path only the probability sees (section 4: metrics see different heads)."""
-    pairs = interp_pairs()
-    to_io, to_s1, to_s2 = (it.attention_to(interp_model(), pairs, "last", key)["0.3"] for key in ("IO", "S1", "S2"))
+    to_io, to_s1, to_s2 = (interp_attention("last", key)["0.3"] for key in ("IO", "S1", "S2"))
     assert to_io >= 0.35 and to_s1 >= 0.35, (to_io, to_s1)  # measured 0.436 and 0.438
     assert abs(to_io - to_s1) <= 0.05 and to_s2 <= 0.15, (to_io, to_s1, to_s2)  # 0.076 to S2
+    interp_path(["logits"], metric="prob").assert_detected("0.3")  # direct effect on P(IO) 0.028, z 3.37
+    interp_path(["logits"]).assert_not_detected("0.3")  # on the logit difference: z -0.55
 
 
 def test_two_of_the_48_heads_are_a_faithful_circuit(interp_circuit):
@@ -40,13 +37,16 @@ def test_two_of_the_48_heads_are_a_faithful_circuit(interp_circuit):
 
 
 @pytest.mark.xfail(strict=True, reason=(
-    "measured: of Wang et al.'s classes path patching finds only the direct-path head 0.5 (a layer-0 head, so nothing "
-    "acts through its query or values): no S-inhibition, no duplicate-token heads. Under the probability it adds 2.0 "
-    "and 0.3 on the direct path and 0.3, 0.7, 0.0 through 2.0's values (5 heads, faithfulness 1.095), but 2.0 attends "
-    "to no name (0.00), so no attention pattern identifies it. Tried: 6 layers x 8 heads, 20k IOI variants naming IO "
+    "measured: of Wang et al.'s classes path patching finds only the direct-path head 0.5, a layer-0 head, so "
+    "nothing acts through its query (no S-inhibition class, hence no duplicate-token heads behind it). Under the "
+    "probability it adds 2.0 and 0.3 on the direct path and 0.3, 0.7, 0.0 through 2.0's values "
+    "(`python -m interp_tests.organism.findings --only ioi`: 5 heads, faithfulness 1.095), but 2.0 attends to no "
+    "name (0.00), so no attention pattern identifies it. Tried: 6 layers x 8 heads, 20k IOI variants naming IO "
     "twice (see the model card)"))
-def test_path_patching_finds_three_classes_of_heads_in_a_faithful_quarter_of_the_heads(interp_model):
-    """The IOI circuit's composition, as Wang et al. (2023, section 3) find it in GPT-2 and section 3 patches it."""
-    circuit = ioi_circuit(interp_model(), n=32)
-    assert len(circuit.classes) >= 3, circuit.report()
-    assert len(circuit.heads) <= circuit.n_heads // 4 and circuit.faithfulness >= 0.8, circuit.report()
+def test_path_patching_finds_s_inhibition_heads_behind_the_name_movers(interp_path):
+    """The first composition step of the IOI circuit (Wang et al. 2023, section 3): heads acting through the
+    direct-path heads' queries. Three classes need it (name movers, S-inhibition, duplicate-token heads)."""
+    name_movers = interp_path(["logits"]).detected(2)
+    through_queries = interp_path([f"{head}.q" for head in name_movers])
+    s_inhibition = [head for head in through_queries.detected(2) if head not in name_movers]
+    assert s_inhibition, through_queries.table(5)

@@ -20,14 +20,14 @@ HELD_OUT = {
 
 
 @pytest.mark.parametrize("task", HELD_OUT)
-def test_the_organism_solves_the_task_on_held_out_prompts(interp_model, task):
+def test_the_organism_solves_the_task_on_held_out_prompts(interp_evaluate, task):
     """The paper's settings (section 2.2: factual recall, IOI; appendices D and E: docstring, greater-than), and induction."""
-    evaluation = it.evaluate(interp_model(), HELD_OUT[task](), corruption=None)
+    evaluation = interp_evaluate(pairs=HELD_OUT[task](), corruption=None)
     assert evaluation.accuracy >= 0.95, evaluation
 
 
 @pytest.mark.xfail(strict=True, reason="measured top-1 0.125 on the 2 held-out templates (0.836 on the training templates)")
-def test_the_organism_adds_on_held_out_templates(interp_model):
+def test_the_organism_adds_on_held_out_templates(interp_evaluate):
     """Basic arithmetic, the paper's fifth setting (appendix C; Stolfo et al. 2023)."""
-    evaluation = it.evaluate(interp_model(), it.tasks.arithmetic(128, seed=1), corruption=None)
+    evaluation = interp_evaluate(pairs=it.tasks.arithmetic(128, seed=1), corruption=None)
     assert evaluation.accuracy >= 0.95, evaluation

@@ -20,14 +20,15 @@ from typing import Any
 import numpy as np
 
 from .. import tasks
-from ..attention import AttentionScores, attention_to
+from ..attention import attention_to
 from ..circuit_patching import circuit_patch
 from ..circuits import Circuit
 from ..models import PatchableModel, load_model
-from ..paths import path_patch
 from ..patching import patch
+from ..paths import path_patch
+from ..readings import AttentionScores
 from ..results import PatchResult
-from ..robustness import grid, off_distribution, window_comparison
+from ..robustness import grid, middle_layers, off_distribution, window_comparison
 from .corpus import PEOPLE_FACTS
 
 N = 64
@@ -164,11 +165,6 @@ def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
         direct, through_queries, through_values, direct_prob, through_booster_values, name_movers, negative,
         s_inhibition, upstream, boosters, booster_inputs, patterns, float(faithfulness), model.n_layers * model.n_heads,
     )
-
-
-def middle_layers(n_layers: int) -> list[int]:
-    """Centres of the 3-layer windows that leave out the first and last MLP: the paper's "middle MLP layers"."""
-    return list(range(2, n_layers - 1))
 
 
 def window_report(model: PatchableModel) -> str:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..edge_results import EdgeScores, EdgeVerification, FaithfulnessCurve
     from ..models import PatchableModel
     from ..pairs import PromptPairs, TokenizedPairs
+    from ..readings import AttentionScores, Evaluation
     from ..engine import Pairs
     from ..metrics import Metric
     from ..results import PatchResult
@@ -371,8 +372,8 @@ class InterpSession:
         self, settings: dict[str, Any], compute: Callable[[], Any], load: Callable[[bytes], Any] | None,
         record: ItemRecord, *, counted: bool = True,
     ) -> Any:
-        """A sweep, circuit score, subset search or path-patching sweep through the in-session memo and the disk
-        cache, keyed by ``settings`` (``load`` reads a cache entry; None: a ``PatchResult``); notes in ``record``
+        """A sweep, circuit score, subset search, path-patching sweep, attention scores or evaluation through the
+        in-session memo and the disk cache, keyed by ``settings`` (``load`` reads a cache entry; None: a ``PatchResult``); notes in ``record``
         where it came from, and repeats the clean run's warnings when it did not compute. A result that is not
         ``counted`` (an exact re-measurement of another) does neither."""
         from .cache import SweepCache, sweep_key
@@ -396,8 +397,9 @@ class InterpSession:
             self._results[key] = cached
         if counted:
             record.sweeps.append(status)
-            if status != "computed":
-                _replay_clean_run(self._results[key].settings)
+            carried = getattr(self._results[key], "settings", None)  # attention scores and evaluations carry none
+            if status != "computed" and carried is not None:
+                _replay_clean_run(carried)
         return self._results[key]
 
     def _key_settings(self, subject: Subject, kind: str, **settings: Any) -> dict[str, Any]:
@@ -519,6 +521,44 @@ class InterpSession:
         result = result.with_metric(name)
         result.settings["model"] = subject.name
         return result
+
+    def attention(self, subject: Subject, record: ItemRecord, query: str, key: str) -> AttentionScores:
+        """``attention_to()`` through the memo and the disk cache."""
+        from ..readings import AttentionScores
+
+        settings = self._key_settings(subject, "attention", query=query, key=key)
+
+        def compute() -> AttentionScores:
+            from ..attention import attention_to
+
+            return attention_to(subject.model, subject.tokens, query, key)
+
+        return self._cached(settings, compute, AttentionScores.from_bytes, record)
+
+    def evaluation(
+        self, subject: Subject, record: ItemRecord, *, corruption: str | None, seed: int, noise_scale: float | None
+    ) -> Evaluation:
+        """``evaluate()`` through the memo and the disk cache."""
+        from ..corruptions import DEFAULT_NOISE_SCALE
+        from ..readings import Evaluation
+
+        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        settings = self._key_settings(subject, "evaluation", corruption=corruption, seed=seed, noise_scale=noise_scale)
+
+        def compute() -> Evaluation:
+            from ..evaluation import evaluate
+
+            return evaluate(subject.model, subject.tokens, corruption=corruption, seed=settings["seed"],
+                            noise_scale=noise_scale)
+
+        return self._cached(settings, compute, Evaluation.from_bytes, record)
+
+    def off_distribution(self, subject: Subject, *, seed: int, noise_scale: float | None) -> OffDistribution:
+        """The GN off-distribution check of ``subject``'s prompts, the one a GN sweep with these settings runs."""
+        from ..corruptions import DEFAULT_NOISE_SCALE
+
+        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        return self._off_distribution(subject, self._key_settings(subject, "sweep", seed=seed, noise_scale=noise_scale))
 
     def edges(
         self,
@@ -1063,6 +1103,54 @@ def interp_path(request: pytest.FixtureRequest) -> Callable[..., PatchResult]:
         )
 
     return path
+
+
+@pytest.fixture
+def interp_attention(request: pytest.FixtureRequest) -> Callable[..., AttentionScores]:
+    """``attention(query, key, model=None, pairs=None) -> AttentionScores``: ``attention_to()``, every head's mean
+    attention weight from the named position ``query`` to ``key`` on the clean prompts, cached like sweeps."""
+    session = session_of(request.config)
+    record = record_of(request.node)
+
+    def attention(query: str, key: str, model: ModelArg = None, pairs: Pairs | None = None) -> AttentionScores:
+        return session.attention(_subject(request, model, pairs, "interp_attention"), record, query, key)
+
+    return attention
+
+
+@pytest.fixture
+def interp_evaluate(request: pytest.FixtureRequest) -> Callable[..., Evaluation]:
+    """``evaluate(model=None, pairs=None, *, corruption="str", seed=0, noise_scale=None) -> Evaluation``:
+    ``evaluate()`` (top-1 accuracy, logit difference and P(answer), clean and corrupted), cached like sweeps;
+    ``corruption=None`` skips the corrupted run."""
+    session = session_of(request.config)
+    record = record_of(request.node)
+
+    def evaluation(
+        model: ModelArg = None, pairs: Pairs | None = None, *, corruption: str | None = "str", seed: int = 0,
+        noise_scale: float | None = None,
+    ) -> Evaluation:
+        subject = _subject(request, model, pairs, "interp_evaluate")
+        return session.evaluation(subject, record, corruption=corruption, seed=seed, noise_scale=noise_scale)
+
+    return evaluation
+
+
+@pytest.fixture
+def interp_off_distribution(request: pytest.FixtureRequest) -> Callable[..., OffDistribution]:
+    """``check(model=None, pairs=None, *, seed=0, noise_scale=None) -> OffDistribution``: the Gaussian-noise
+    off-distribution check (``robustness.off_distribution``, Zhang & Nanda 2024, section 3.2) that GN sweeps run,
+    from the same cache."""
+    session = session_of(request.config)
+    record_of(request.node)
+
+    def check(
+        model: ModelArg = None, pairs: Pairs | None = None, *, seed: int = 0, noise_scale: float | None = None
+    ) -> OffDistribution:
+        subject = _subject(request, model, pairs, "interp_off_distribution")
+        return session.off_distribution(subject, seed=seed, noise_scale=noise_scale)
+
+    return check
 
 
 class EdgesFixture:
