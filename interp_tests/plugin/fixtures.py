@@ -315,7 +315,7 @@ class InterpSession:
         (``ClaimError``), otherwise the result carries the exact effects for those components.
         """
         from .. import __version__
-        from ..corruptions import DEFAULT_NOISE_SCALE, corruption_name
+        from ..corruptions import corruption_name
         from ..metrics import BUILTIN_METRICS, resolve_metric
 
         if verify_top is not None and method != "attribution":
@@ -325,7 +325,7 @@ class InterpSession:
             )
         if self.options.seed is not None:
             seed = self.options.seed
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
 
         def compute() -> PatchResult:
             from .. import patching
@@ -428,10 +428,9 @@ class InterpSession:
         """``circuit_patch()`` through the memo and the disk cache."""
         from ..circuit_results import CircuitResult
         from ..circuits import Circuit
-        from ..corruptions import DEFAULT_NOISE_SCALE
         from ..metrics import check_metric
 
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
         circuit = Circuit(nodes, groups=groups)
         settings = self._key_settings(
             subject, "circuit", circuit=circuit.labels, groups={k: v.labels for k, v in circuit.groups.items()},
@@ -498,10 +497,9 @@ class InterpSession:
         batch_size: int | None = None,
     ) -> PatchResult:
         """``path_patch()`` (every head a sender) through the memo and the disk cache."""
-        from ..corruptions import DEFAULT_NOISE_SCALE
         from ..metrics import BUILTIN_METRICS, resolve_metric
 
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
         name, custom = resolve_metric(metric)
         settings = self._key_settings(
             subject, "path", receivers=list(receivers), corruption=corruption, seed=seed, noise_scale=noise_scale,
@@ -539,10 +537,9 @@ class InterpSession:
         self, subject: Subject, record: ItemRecord, *, corruption: str | None, seed: int, noise_scale: float | None
     ) -> Evaluation:
         """``evaluate()`` through the memo and the disk cache."""
-        from ..corruptions import DEFAULT_NOISE_SCALE
         from ..readings import Evaluation
 
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
         settings = self._key_settings(subject, "evaluation", corruption=corruption, seed=seed, noise_scale=noise_scale)
 
         def compute() -> Evaluation:
@@ -555,9 +552,7 @@ class InterpSession:
 
     def off_distribution(self, subject: Subject, *, seed: int, noise_scale: float | None) -> OffDistribution:
         """The GN off-distribution check of ``subject``'s prompts, the one a GN sweep with these settings runs."""
-        from ..corruptions import DEFAULT_NOISE_SCALE
-
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
         return self._off_distribution(subject, self._key_settings(subject, "sweep", seed=seed, noise_scale=noise_scale))
 
     def edges(
@@ -574,11 +569,10 @@ class InterpSession:
         batch_size: int | None = None,
     ) -> EdgeScores:
         """``edge_attribution()`` through the memo and the disk cache."""
-        from ..corruptions import DEFAULT_NOISE_SCALE
         from ..edge_results import EdgeScores
         from ..metrics import check_metric
 
-        noise_scale = DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
+        noise_scale = _noise_scale(noise_scale)
         settings = self._key_settings(
             subject, "edges", method=method, steps=steps, metric=check_metric(metric), corruption=corruption,
             seed=seed, noise_scale=noise_scale,
@@ -770,6 +764,13 @@ def _edge_scores_digest(scores: EdgeScores) -> str:
     for array in (scores.raw, scores.m_clean, scores.m_corrupted):
         digest.update(array.tobytes())
     return digest.hexdigest()[:32]
+
+
+def _noise_scale(noise_scale: float | None) -> float:
+    """The Gaussian-noise scale a setting of None means: the engine's default."""
+    from ..corruptions import DEFAULT_NOISE_SCALE
+
+    return DEFAULT_NOISE_SCALE if noise_scale is None else noise_scale
 
 
 def _replay_clean_run(settings: dict[str, Any]) -> None:
