@@ -12,6 +12,7 @@ the mean over all heads. Every number the claims in ``hypotheses/organism/`` ass
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,13 +159,12 @@ def ioi_circuit(model: PatchableModel, n: int = N, seed: int = 0) -> IOICircuit:
         "S2->S1": attention_to(model, pairs, "S2", "S1"),
         "S2->S1+1": attention_to(model, pairs, "S2", "S1+1"),
     }
-    groups = (name_movers, negative, s_inhibition, upstream, boosters, booster_inputs)
-    heads = tuple(dict.fromkeys(h for group in groups for h in group))
-    faithfulness = circuit_patch(model, pairs, Circuit(list(heads)), test="faithfulness").score
-    return IOICircuit(
+    found = IOICircuit(
         direct, through_queries, through_values, direct_prob, through_booster_values, name_movers, negative,
-        s_inhibition, upstream, boosters, booster_inputs, patterns, float(faithfulness), model.n_layers * model.n_heads,
+        s_inhibition, upstream, boosters, booster_inputs, patterns, float("nan"), model.n_layers * model.n_heads,
     )
+    faithfulness = circuit_patch(model, pairs, Circuit(list(found.heads)), test="faithfulness").score
+    return dataclasses.replace(found, faithfulness=float(faithfulness))
 
 
 def window_report(model: PatchableModel) -> str:
