@@ -113,21 +113,23 @@ def write_claims(folder: Path, files: Path) -> None:
     )
 
 
-def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+def cache_the_claims(pytester: pytest.Pytester, files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Claims on ``files``: a cold run computes both results, a second run reads them with the model unloadable."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("a cached claim loaded the model")
 
-    monkeypatch.setattr("interp_tests.models.load_model", refuse)
+    write_claims(pytester.path, files)
+    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])
+    with monkeypatch.context() as patched:
+        patched.setattr("interp_tests.models.load_model", refuse)
+        pytester.runpytest().stdout.fnmatch_lines(["sweeps: 0 computed, 2 from the cache*"])
 
 
 def test_a_changed_weight_file_recomputes(pytester, own_files, monkeypatch):
     from safetensors.numpy import load_file, save_file
 
-    write_claims(pytester.path, own_files)
-    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])
-    with monkeypatch.context() as patched:
-        no_model(patched)
-        pytester.runpytest().stdout.fnmatch_lines(["sweeps: 0 computed, 2 from the cache*"])
+    cache_the_claims(pytester, own_files, monkeypatch)
     weights_file = own_files / "model" / "model.safetensors"
     weights = load_file(weights_file)
     name = min(weights)
@@ -140,11 +142,7 @@ def test_a_changed_weight_file_recomputes(pytester, own_files, monkeypatch):
 
 
 def test_a_changed_prompt_recomputes(pytester, own_files, monkeypatch):
-    write_claims(pytester.path, own_files)
-    pytester.runpytest().stdout.fnmatch_lines(["sweeps: 2 computed, 0 from the cache*"])
-    with monkeypatch.context() as patched:
-        no_model(patched)
-        pytester.runpytest().stdout.fnmatch_lines(["sweeps: 0 computed, 2 from the cache*"])
+    cache_the_claims(pytester, own_files, monkeypatch)
     pairs = own_files / "pairs.jsonl"
     lines = pairs.read_text().splitlines()
     lines[0] = lines[0].replace("When", "Then", 1)
