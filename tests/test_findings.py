@@ -21,8 +21,13 @@ def circuit(organism):
     return ioi_circuit(organism, n=8)
 
 
-def test_each_class_is_what_its_path_patching_detects(organism, circuit):
-    pairs = it.tasks.ioi(8, seed=0, corrupt="ABC", tokenizer=organism.tokenizer)
+@pytest.fixture(scope="module")
+def pairs(organism):
+    """The prompts ``ioi_circuit(organism, n=8)`` measures."""
+    return it.tasks.ioi(8, seed=0, corrupt="ABC", tokenizer=organism.tokenizer)
+
+
+def test_each_class_is_what_its_path_patching_detects(organism, circuit, pairs):
     direct = path_patch(organism, pairs, "logits")
     assert circuit.name_movers == tuple(direct.detected(SD))
     assert circuit.negative == tuple(direct.detected(SD, sign="negative"))
@@ -37,11 +42,10 @@ def test_each_class_is_what_its_path_patching_detects(organism, circuit):
     assert circuit.faithfulness == pytest.approx(expected, abs=1e-9)
 
 
-def test_the_report_names_every_head_with_its_attention(organism, circuit):
+def test_the_report_names_every_head_with_its_attention(organism, circuit, pairs):
     report = circuit.report()
     for head in circuit.heads:
         assert f"{head} (effect" in report
-    pairs = it.tasks.ioi(8, seed=0, corrupt="ABC", tokenizer=organism.tokenizer)
     to_s2 = it.attention_to(organism, pairs, "last", "S2")
     assert circuit.patterns["end->S2"][circuit.name_movers[0]] == pytest.approx(to_s2[circuit.name_movers[0]])
     assert f"of {organism.n_layers * organism.n_heads} heads" in report
